@@ -1,0 +1,460 @@
+//! Typed settings: `.env` (dotenvy), then the environment, then command-line flags.
+//!
+//! Every value is read as a string by clap (so a flag overrides its variable) and then
+//! validated here, so that a bad value stops the process with one line naming the variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::Provider;
+
+/// The database used when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/customer_sync";
+
+/// A setting that is missing or cannot be used, named by its environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {variable}: {reason}")]
+pub struct SettingsError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it, in words the operator can act on.
+    pub reason: String,
+}
+
+impl SettingsError {
+    fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Loads `.env` from the working directory when there is one; a missing file is fine.
+pub fn load_dotenv() -> Result<(), SettingsError> {
+    match dotenvy::dotenv() {
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Ok(()),
+        Err(e) => Err(SettingsError::new(".env", e.to_string())),
+    }
+}
+
+/// The raw settings every binary shares, as clap reads them from flags and variables.
+#[derive(Clone, clap::Args)]
+pub struct CommonArgs {
+    /// PostgreSQL URL; the database is created if missing and migrated at start-up
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Where the server's ZeroMQ PUB socket binds (consumers: comma-separated list to connect to)
+    #[arg(long, env = "ZMQ_PUB_ENDPOINT", default_value = "tcp://127.0.0.1:5555")]
+    pub zmq_pub_endpoint: String,
+    /// Stripe secret key; without it the stripe provider is disabled
+    #[arg(long, env = "STRIPE_API_KEY", hide_env_values = true)]
+    pub stripe_api_key: Option<String>,
+    /// Stripe API base URL (point it at the sandbox for local runs)
+    #[arg(
+        long,
+        env = "STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    pub stripe_api_base: String,
+    /// Salesforce My Domain login URL; with the client id and secret it enables the salesforce provider
+    #[arg(long, env = "SALESFORCE_LOGIN_URL")]
+    pub salesforce_login_url: Option<String>,
+    /// Salesforce connected app client id
+    #[arg(long, env = "SALESFORCE_CLIENT_ID", hide_env_values = true)]
+    pub salesforce_client_id: Option<String>,
+    /// Salesforce connected app client secret
+    #[arg(long, env = "SALESFORCE_CLIENT_SECRET", hide_env_values = true)]
+    pub salesforce_client_secret: Option<String>,
+    /// Log format: pretty or json (RUST_LOG filters)
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+/// Stripe credentials and endpoint.
+#[derive(Clone)]
+pub struct StripeSettings {
+    /// The secret key (`sk_...`).
+    pub api_key: SecretString,
+    /// Base URL, `https://api.stripe.com` or the sandbox.
+    pub api_base: String,
+}
+
+/// Salesforce credentials.
+#[derive(Clone)]
+pub struct SalesforceSettings {
+    /// The org's My Domain URL.
+    pub login_url: String,
+    /// OAuth client id.
+    pub client_id: SecretString,
+    /// OAuth client secret.
+    pub client_secret: SecretString,
+}
+
+/// Validated settings shared by the server and the consumers.
+#[derive(Clone)]
+pub struct CommonSettings {
+    /// PostgreSQL URL.
+    pub database_url: SecretString,
+    /// ZeroMQ endpoints (the server binds the first; consumers connect to all).
+    pub zmq_endpoints: Vec<String>,
+    /// Stripe, when configured.
+    pub stripe: Option<StripeSettings>,
+    /// Salesforce, when configured.
+    pub salesforce: Option<SalesforceSettings>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for CommonSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommonSettings")
+            .field(
+                "database_url",
+                &redact_url(self.database_url.expose_secret()),
+            )
+            .field("zmq_endpoints", &self.zmq_endpoints)
+            .field("stripe", &self.stripe.as_ref().map(|s| &s.api_base))
+            .field(
+                "salesforce",
+                &self.salesforce.as_ref().map(|s| &s.login_url),
+            )
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl CommonSettings {
+    /// The providers that get a task for every change, in a stable order.
+    pub fn enabled_providers(&self) -> Vec<Provider> {
+        let mut providers = Vec::new();
+        if self.stripe.is_some() {
+            providers.push(Provider::Stripe);
+        }
+        if self.salesforce.is_some() {
+            providers.push(Provider::Salesforce);
+        }
+        providers
+    }
+}
+
+impl TryFrom<CommonArgs> for CommonSettings {
+    type Error = SettingsError;
+
+    fn try_from(args: CommonArgs) -> Result<Self, SettingsError> {
+        let database_url = args.database_url.trim().to_owned();
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(SettingsError::new(
+                "DATABASE_URL",
+                "must be a postgres:// URL, e.g. postgres://postgres@127.0.0.1:5432/customer_sync",
+            ));
+        }
+        database_name(&database_url)?;
+
+        let zmq_endpoints: Vec<String> = args
+            .zmq_pub_endpoint
+            .split(',')
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if zmq_endpoints.is_empty() {
+            return Err(SettingsError::new("ZMQ_PUB_ENDPOINT", "is empty"));
+        }
+        for endpoint in &zmq_endpoints {
+            if !endpoint.starts_with("tcp://") || endpoint.len() <= "tcp://".len() {
+                return Err(SettingsError::new(
+                    "ZMQ_PUB_ENDPOINT",
+                    format!("'{endpoint}' is not a tcp:// endpoint, e.g. tcp://127.0.0.1:5555"),
+                ));
+            }
+        }
+
+        let stripe = match non_empty(args.stripe_api_key) {
+            None => None,
+            Some(key) => {
+                if !key.starts_with("sk_") && !key.starts_with("rk_") {
+                    return Err(SettingsError::new(
+                        "STRIPE_API_KEY",
+                        "must be a secret key starting with sk_ (or a restricted rk_ key)",
+                    ));
+                }
+                let api_base = args.stripe_api_base.trim().trim_end_matches('/').to_owned();
+                if !(api_base.starts_with("http://") || api_base.starts_with("https://")) {
+                    return Err(SettingsError::new(
+                        "STRIPE_API_BASE",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                Some(StripeSettings {
+                    api_key: key.into(),
+                    api_base,
+                })
+            }
+        };
+
+        let salesforce = match (
+            non_empty(args.salesforce_login_url),
+            non_empty(args.salesforce_client_id),
+            non_empty(args.salesforce_client_secret),
+        ) {
+            (None, None, None) => None,
+            (Some(login_url), Some(id), Some(secret)) => Some(SalesforceSettings {
+                login_url: login_url.trim_end_matches('/').to_owned(),
+                client_id: id.into(),
+                client_secret: secret.into(),
+            }),
+            (None, _, _) => {
+                return Err(SettingsError::new(
+                    "SALESFORCE_LOGIN_URL",
+                    "is required when the other SALESFORCE_ settings are set",
+                ))
+            }
+            (_, None, _) => {
+                return Err(SettingsError::new(
+                    "SALESFORCE_CLIENT_ID",
+                    "is required when SALESFORCE_LOGIN_URL is set",
+                ))
+            }
+            (_, _, None) => {
+                return Err(SettingsError::new(
+                    "SALESFORCE_CLIENT_SECRET",
+                    "is required when SALESFORCE_LOGIN_URL is set",
+                ))
+            }
+        };
+
+        let log_format = match args.log_format.trim() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(SettingsError::new(
+                    "LOG_FORMAT",
+                    format!("'{other}' is neither 'pretty' nor 'json'"),
+                ))
+            }
+        };
+
+        Ok(Self {
+            database_url: database_url.into(),
+            zmq_endpoints,
+            stripe,
+            salesforce,
+            log_format,
+        })
+    }
+}
+
+/// The raw server settings.
+#[derive(Clone, clap::Parser)]
+#[command(
+    name = "server",
+    about = "customer-sync HTTP server: customer and task API, Stripe webhook, ZeroMQ publisher",
+    after_help = "Every flag can also be set through the environment variable shown, or in a .env file."
+)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address the HTTP server listens on
+    #[arg(long, env = "HTTP_BIND", default_value = "127.0.0.1:8000")]
+    pub http_bind: String,
+    /// Bearer token required by every /api/v1 route except health and the webhook
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Run without API_TOKEN: every caller is trusted (local experiments only)
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Stripe webhook signing secrets (whsec_...), comma-separated during a rotation
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Maximum age in seconds of a webhook's signed timestamp
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value = "300")]
+    pub stripe_webhook_tolerance_secs: String,
+}
+
+/// Validated server settings.
+#[derive(Clone)]
+pub struct ServerSettings {
+    /// What the server shares with consumers.
+    pub common: CommonSettings,
+    /// Listen address.
+    pub http_bind: SocketAddr,
+    /// The API token; `None` only with `--insecure-no-auth`.
+    pub api_token: Option<SecretString>,
+    /// Webhook signing secrets, any of which may sign.
+    pub webhook_secrets: Vec<SecretString>,
+    /// Maximum age of a webhook's signed timestamp.
+    pub webhook_tolerance: Duration,
+}
+
+impl std::fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSettings")
+            .field("common", &self.common)
+            .field("http_bind", &self.http_bind)
+            .field("api_token", &self.api_token.as_ref().map(|_| "[REDACTED]"))
+            .field("webhook_secrets", &self.webhook_secrets.len())
+            .field("webhook_tolerance", &self.webhook_tolerance)
+            .finish()
+    }
+}
+
+impl TryFrom<ServerArgs> for ServerSettings {
+    type Error = SettingsError;
+
+    fn try_from(args: ServerArgs) -> Result<Self, SettingsError> {
+        let common = CommonSettings::try_from(args.common)?;
+        let http_bind = args.http_bind.trim().parse().map_err(|_| {
+            SettingsError::new(
+                "HTTP_BIND",
+                format!("'{}' is not an address like 127.0.0.1:8000", args.http_bind),
+            )
+        })?;
+        let api_token = match (non_empty(args.api_token), args.insecure_no_auth) {
+            (Some(token), _) => {
+                if token.len() < 16 {
+                    return Err(SettingsError::new(
+                        "API_TOKEN",
+                        "is shorter than 16 characters; use a long random value (openssl rand -hex 32)",
+                    ));
+                }
+                Some(SecretString::from(token))
+            }
+            (None, true) => None,
+            (None, false) => {
+                return Err(SettingsError::new(
+                    "API_TOKEN",
+                    "is not set; set it to a long random value, or pass --insecure-no-auth for a local experiment",
+                ))
+            }
+        };
+        let webhook_secrets = match non_empty(args.stripe_webhook_secret) {
+            None => Vec::new(),
+            Some(list) => {
+                let mut secrets = Vec::new();
+                for secret in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if !secret.starts_with("whsec_") {
+                        return Err(SettingsError::new(
+                            "STRIPE_WEBHOOK_SECRET",
+                            "each secret must start with whsec_",
+                        ));
+                    }
+                    secrets.push(SecretString::from(secret.to_owned()));
+                }
+                secrets
+            }
+        };
+        let webhook_tolerance = args
+            .stripe_webhook_tolerance_secs
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=86_400).contains(s))
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                SettingsError::new(
+                    "STRIPE_WEBHOOK_TOLERANCE_SECS",
+                    "must be a whole number of seconds between 1 and 86400",
+                )
+            })?;
+        Ok(Self {
+            common,
+            http_bind,
+            api_token,
+            webhook_secrets,
+            webhook_tolerance,
+        })
+    }
+}
+
+/// The database name in a PostgreSQL URL (the path after the host).
+pub fn database_name(url: &str) -> Result<String, SettingsError> {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    let after_scheme = without_query
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(without_query);
+    let name = after_scheme
+        .split_once('/')
+        .map(|(_, name)| name)
+        .unwrap_or("");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(SettingsError::new(
+            "DATABASE_URL",
+            "must name a database of letters, digits, _ or -, e.g. .../customer_sync",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The same URL pointing at another database on the same server.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+    let host = rest.split_once('/').map(|(host, _)| host).unwrap_or(rest);
+    match query {
+        Some(q) => format!("{scheme}://{host}/{database}?{q}"),
+        None => format!("{scheme}://{host}/{database}"),
+    }
+}
+
+/// The URL with any password replaced, fit for a log line.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}")
+                } else {
+                    format!("{scheme}://{user}@{host}")
+                }
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_helpers_swap_and_redact() {
+        let url = "postgres://u:pw@h:5432/app?sslmode=disable";
+        assert_eq!(database_name(url).unwrap(), "app");
+        assert_eq!(
+            with_database(url, "postgres"),
+            "postgres://u:pw@h:5432/postgres?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url(url),
+            "postgres://u:***@h:5432/app?sslmode=disable"
+        );
+        assert!(database_name("postgres://h:5432/").is_err());
+        assert!(database_name("postgres://h/a;drop").is_err());
+    }
+}

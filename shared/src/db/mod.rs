@@ -1,0 +1,147 @@
+//! PostgreSQL: the pool, database creation, embedded migrations, and the rows and queries per table.
+
+pub mod customers;
+pub mod invoices;
+pub mod links;
+pub mod schema;
+pub mod tasks;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{database_name, redact_url, with_database};
+
+/// The migrations in `migrations/`, compiled into every binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// A pool of synchronous Diesel connections; use it through [`run`].
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+/// One connection out of the pool.
+pub type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
+
+/// A constant for `pg_advisory_lock`, so that concurrent start-ups migrate one at a time.
+const MIGRATION_LOCK: i64 = 0x6375_7374_7379_6e63; // "custsync"
+
+/// Creates the database when it is missing, migrates it, and returns a pool of `max_size` connections.
+pub fn connect(url: &SecretString, max_size: u32) -> anyhow::Result<PgPool> {
+    let url = url.expose_secret();
+    ensure_database(url)?;
+    let mut conn = PgConnection::establish(url)
+        .with_context(|| format!("connecting to {}", redact_url(url)))?;
+    migrate(&mut conn)?;
+    let pool = Pool::builder()
+        .max_size(max_size)
+        .min_idle(Some(1))
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(ConnectionManager::new(url));
+    Ok(pool)
+}
+
+/// Creates the database named in `url` when it does not exist yet.
+pub fn ensure_database(url: &str) -> anyhow::Result<()> {
+    if PgConnection::establish(url).is_ok() {
+        return Ok(());
+    }
+    let name = database_name(url)?;
+    let admin_url = with_database(url, "postgres");
+    let mut admin = PgConnection::establish(&admin_url).with_context(|| {
+        format!(
+            "PostgreSQL does not answer at {}; start it (see README: Running) or set DATABASE_URL",
+            redact_url(url)
+        )
+    })?;
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let found: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut admin)
+            .context("looking for the database")?;
+    if !found.exists {
+        // The name was checked to be [A-Za-z0-9_-]; quoting keeps its case.
+        match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin) {
+            Ok(_) => tracing::info!(database = %name, "created the database"),
+            // Another process created it at the same moment.
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("already exists") => {}
+            Err(e) => return Err(e).context(format!("creating database {name}")),
+        }
+    }
+    Ok(())
+}
+
+/// Applies pending migrations under an advisory lock.
+pub fn migrate(conn: &mut PgConnection) -> anyhow::Result<()> {
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .execute(conn)
+        .context("taking the migration lock")?;
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|versions| versions.len())
+        .map_err(|e| anyhow::anyhow!("running migrations: {e}"));
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .execute(conn)
+        .context("releasing the migration lock")?;
+    let applied = applied?;
+    if applied > 0 {
+        tracing::info!(applied, "applied database migrations");
+    }
+    Ok(())
+}
+
+/// Runs synchronous Diesel work on tokio's blocking pool, inside the caller's span,
+/// so that the async executor never waits on PostgreSQL.
+pub async fn run<T, F>(pool: &PgPool, work: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut PgConn) -> Result<T, DbError> + Send + 'static,
+{
+    let pool = pool.clone();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let mut conn = pool
+            .get()
+            .map_err(|e| DbError::Unavailable(e.to_string()))?;
+        work(&mut conn)
+    })
+    .await
+    .map_err(|e| DbError::Unexpected(anyhow::anyhow!("database task failed: {e}")))?
+}
+
+/// What a database call can fail with, as the callers need to tell it apart.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had: PostgreSQL is down or the pool is exhausted.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Anything else.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                DbError::Conflict(info.message().to_owned())
+            }
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                DbError::Unavailable(info.message().to_owned())
+            }
+            other => DbError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}

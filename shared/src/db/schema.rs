@@ -1,0 +1,94 @@
+// Mirrors migrations/; keep the two in step (diesel print-schema gives the same).
+
+diesel::table! {
+    customers (id) {
+        id -> Text,
+        name -> Text,
+        email -> Text,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    provider_links (customer_id, provider) {
+        customer_id -> Text,
+        provider -> Text,
+        external_id -> Nullable<Text>,
+        synced_version -> Int8,
+        remote_event_created -> Nullable<Int8>,
+        remote_event_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    sync_tasks (id) {
+        id -> Uuid,
+        seq -> Int8,
+        provider -> Text,
+        customer_id -> Text,
+        operation -> Text,
+        version -> Int8,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        idempotency_key -> Text,
+        key_generation -> Int4,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_events (id) {
+        id -> Text,
+        event_type -> Text,
+        created -> Int8,
+        object_id -> Nullable<Text>,
+        payload -> Jsonb,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    invoices (id) {
+        id -> Text,
+        customer_id -> Nullable<Text>,
+        stripe_customer_id -> Nullable<Text>,
+        number -> Nullable<Text>,
+        status -> Nullable<Text>,
+        currency -> Text,
+        amount_due -> Int8,
+        amount_paid -> Int8,
+        amount_remaining -> Int8,
+        total -> Int8,
+        hosted_invoice_url -> Nullable<Text>,
+        due_date -> Nullable<Int8>,
+        period_start -> Nullable<Int8>,
+        period_end -> Nullable<Int8>,
+        created -> Int8,
+        last_event_created -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(provider_links -> customers (customer_id));
+diesel::joinable!(sync_tasks -> customers (customer_id));
+diesel::joinable!(invoices -> customers (customer_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    customers,
+    provider_links,
+    sync_tasks,
+    webhook_events,
+    invoices,
+);

@@ -1,0 +1,12 @@
+//! What customer-sync's binaries share: configuration, domain types, the database
+//! (schema, rows, queries, migrations), the catalog's changes, the task queue and telemetry.
+
+pub mod catalog;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod local_pg;
+pub mod queue;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
