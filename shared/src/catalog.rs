@@ -147,32 +147,51 @@ pub fn delete(
     })
 }
 
-/// The customer with its links.
-pub fn get(
-    conn: &mut PgConnection,
-    id: &CustomerId,
-) -> Result<(CustomerRow, Vec<LinkRow>, Vec<(String, String)>), CatalogError> {
-    let customer =
-        customers::find(conn, id)?.ok_or_else(|| CatalogError::NotFound(id.to_string()))?;
-    let ids = [customer.id.clone()];
-    let links = links::for_customers(conn, &ids)?;
-    let dead = task_rows::dead_pairs(conn, &ids)?;
-    Ok((customer, links, dead))
+/// A customer with its provider links and the providers where a task is dead.
+#[derive(Debug)]
+pub struct CustomerView {
+    pub customer: CustomerRow,
+    pub links: Vec<LinkRow>,
+    /// Providers with a `dead` task for this customer (needs a manual retry).
+    pub dead_providers: Vec<String>,
 }
 
-/// A page of customers with their links and the (customer, provider) pairs that have dead tasks.
-pub type CustomerPage = (Vec<CustomerRow>, Vec<LinkRow>, Vec<(String, String)>);
+/// The customer with its links.
+pub fn get(conn: &mut PgConnection, id: &CustomerId) -> Result<CustomerView, CatalogError> {
+    let customer =
+        customers::find(conn, id)?.ok_or_else(|| CatalogError::NotFound(id.to_string()))?;
+    Ok(views(conn, vec![customer])?.remove(0))
+}
 
 /// A page of customers with their links.
 pub fn list(
     conn: &mut PgConnection,
     filter: &CustomerFilter,
-) -> Result<CustomerPage, CatalogError> {
+) -> Result<Vec<CustomerView>, CatalogError> {
     let page = customers::list(conn, filter)?;
+    Ok(views(conn, page)?)
+}
+
+fn views(conn: &mut PgConnection, page: Vec<CustomerRow>) -> QueryResult<Vec<CustomerView>> {
     let ids: Vec<String> = page.iter().map(|c| c.id.clone()).collect();
     let links = links::for_customers(conn, &ids)?;
     let dead = task_rows::dead_pairs(conn, &ids)?;
-    Ok((page, links, dead))
+    Ok(page
+        .into_iter()
+        .map(|customer| CustomerView {
+            links: links
+                .iter()
+                .filter(|l| l.customer_id == customer.id)
+                .cloned()
+                .collect(),
+            dead_providers: dead
+                .iter()
+                .filter(|(c, _)| *c == customer.id)
+                .map(|(_, p)| p.clone())
+                .collect(),
+            customer,
+        })
+        .collect())
 }
 
 fn queue_tasks(

@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod local_pg;
+pub mod messaging;
 pub mod queue;
 pub mod telemetry;
 #[cfg(feature = "testing")]

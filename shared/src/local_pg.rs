@@ -180,3 +180,22 @@ fn lock(path: &Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("locking {}", path.display()))?;
     Ok(file)
 }
+
+/// Whether the PostgreSQL server named in `url` accepts TCP connections.
+pub fn url_answers(url: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    host_port
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.any(answers))
+        .unwrap_or(false)
+}

@@ -98,7 +98,7 @@ fn template_name() -> &'static str {
         diesel::sql_query(format!("SELECT pg_advisory_lock({TEMPLATE_LOCK})"))
             .execute(&mut conn)
             .expect("taking the template lock");
-        if !database_exists(&mut conn, &name) {
+        if !crate::db::database_exists(&mut conn, &name).expect("looking up the template") {
             // Build under a temporary name and rename when complete, so a crash
             // mid-way never leaves a half-migrated template behind.
             let building = format!("{name}_building");
@@ -126,19 +126,6 @@ fn template_name() -> &'static str {
             .expect("releasing the template lock");
         name
     })
-}
-
-fn database_exists(conn: &mut PgConnection, name: &str) -> bool {
-    #[derive(QueryableByName)]
-    struct Exists {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        exists: bool,
-    }
-    diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-        .bind::<diesel::sql_types::Text, _>(name)
-        .get_result::<Exists>(conn)
-        .map(|e| e.exists)
-        .expect("looking up a database")
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes; panics with `what` on timeout.

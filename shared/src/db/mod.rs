@@ -55,17 +55,7 @@ pub fn ensure_database(url: &str) -> anyhow::Result<()> {
             redact_url(url)
         )
     })?;
-    #[derive(QueryableByName)]
-    struct Exists {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        exists: bool,
-    }
-    let found: Exists =
-        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-            .bind::<diesel::sql_types::Text, _>(&name)
-            .get_result(&mut admin)
-            .context("looking for the database")?;
-    if !found.exists {
+    if !database_exists(&mut admin, &name).context("looking for the database")? {
         // The name was checked to be [A-Za-z0-9_-]; quoting keeps its case.
         match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin) {
             Ok(_) => tracing::info!(database = %name, "created the database"),
@@ -76,6 +66,19 @@ pub fn ensure_database(url: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a database of this name exists on the server.
+pub fn database_exists(conn: &mut PgConnection, name: &str) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Exists>(conn)
+        .map(|e| e.exists)
 }
 
 /// Applies pending migrations under an advisory lock.

@@ -56,7 +56,8 @@ mod tests {
     proptest! {
         #[test]
         fn valid_ids_are_accepted_and_kept(id in "[A-Za-z0-9_.-]{1,64}") {
-            prop_assert_eq!(CustomerId::parse(&id).unwrap().as_str(), id.as_str());
+            let parsed = CustomerId::parse(&id).unwrap();
+            prop_assert_eq!(parsed.as_str(), id.as_str());
         }
 
         #[test]

@@ -51,7 +51,8 @@ mod tests {
             bad in "\\p{Cc}",
             tail in "[a-z]{0,10}",
         ) {
-            prop_assert!(CustomerName::parse(&format!("{head}{bad}{tail}")).is_err());
+            let name = format!("{head}{bad}{tail}");
+            prop_assert!(CustomerName::parse(&name).is_err());
         }
 
         #[test]

@@ -1,0 +1,155 @@
+//! The API's errors and their JSON shape: `{"error": {"code", "message", "field"?}}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use shared::catalog::CatalogError;
+use shared::db::DbError;
+use shared::domain::ParseError;
+
+/// Everything a handler can answer with besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field or parameter the caller can fix.
+    #[error("{message}")]
+    Validation {
+        field: Option<String>,
+        message: String,
+    },
+    /// The body is not the JSON we expect.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// The body is over the limit.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The body is not JSON.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// No such resource.
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// No such route or method.
+    #[error("no route for {0}")]
+    NoRoute(String),
+    /// The path exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The request contradicts what is stored.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// PostgreSQL cannot be reached.
+    #[error("the database is unavailable; retry later")]
+    Unavailable(String),
+    /// Anything else; the cause goes to the log, never to the caller.
+    #[error("internal error")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A validation error on one field.
+    pub fn field(field: &str, error: ParseError) -> Self {
+        ApiError::Validation {
+            field: Some(field.to_owned()),
+            message: error.0,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation { .. } => "validation_failed",
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound { code, .. } | ApiError::Conflict { code, .. } => code,
+            ApiError::NoRoute(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Unavailable(_) => "database_unavailable",
+            ApiError::Unexpected(_) => "internal_error",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Validation { .. } | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            // The cause chain goes to the log once, on the request span.
+            ApiError::Unexpected(e) => tracing::error!(error = ?e, "request failed"),
+            ApiError::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
+            _ => {}
+        }
+        let field = match self {
+            ApiError::Validation { field, .. } => field.as_deref(),
+            _ => None,
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(Body {
+            error: Detail {
+                code: self.code(),
+                message: self.to_string(),
+                field,
+            },
+        })
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(message) => ApiError::Unavailable(message),
+            // Unique violations become 409 here, in one place.
+            DbError::Conflict(message) => ApiError::Conflict {
+                code: "conflict",
+                message: format!("conflicts with a stored row: {message}"),
+            },
+            DbError::Unexpected(e) => ApiError::Unexpected(e),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound(_) => ApiError::NotFound {
+                code: "customer_not_found",
+                message: e.to_string(),
+            },
+            CatalogError::Conflict { code, message } => ApiError::Conflict { code, message },
+            CatalogError::Db(e) => e.into(),
+        }
+    }
+}

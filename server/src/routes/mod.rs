@@ -1,0 +1,180 @@
+//! One module per resource; handlers parse, call the domain and map the result.
+
+pub mod customers;
+pub mod health;
+pub mod tasks;
+
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::{web, HttpRequest};
+use serde::Serialize;
+use shared::catalog::CustomerView;
+use shared::db::tasks::TaskRow;
+
+use crate::error::ApiError;
+
+/// The largest JSON body the API accepts.
+pub const JSON_LIMIT: usize = 64 * 1024;
+
+/// JSON bodies: 64 KiB, `application/json` only, errors in our shape.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(JSON_LIMIT)
+        .error_handler(|err, _req| {
+            let api = match err {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::PayloadTooLarge(JSON_LIMIT)
+                }
+                JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+                JsonPayloadError::Deserialize(e) if e.is_data() => {
+                    ApiError::MalformedJson(format!("body does not match the expected fields: {e}"))
+                }
+                JsonPayloadError::Deserialize(e) => {
+                    ApiError::MalformedJson(format!("body is not valid JSON: {e}"))
+                }
+                other => ApiError::MalformedJson(format!("could not read the body: {other}")),
+            };
+            api.into()
+        })
+}
+
+/// Query strings: errors in our shape.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _req| {
+        let QueryPayloadError::Deserialize(e) = err else {
+            return ApiError::Validation {
+                field: None,
+                message: err.to_string(),
+            }
+            .into();
+        };
+        ApiError::Validation {
+            field: None,
+            message: format!("invalid query string: {e}"),
+        }
+        .into()
+    })
+}
+
+/// The answer for a path or method we do not serve.
+pub async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NoRoute(format!(
+        "{} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// The answer for a method a known path does not serve.
+pub async fn wrong_method(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(format!(
+        "{} is not supported on {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// A provider link as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct LinkResponse {
+    pub provider: String,
+    pub external_id: Option<String>,
+    pub synced_version: i64,
+    /// `synced`, `pending` or `dead` (a task for this provider needs a manual retry).
+    pub state: &'static str,
+}
+
+/// A customer as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct CustomerResponse {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub version: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub links: Vec<LinkResponse>,
+}
+
+impl From<CustomerView> for CustomerResponse {
+    fn from(view: CustomerView) -> Self {
+        let customer = view.customer;
+        let links = view
+            .links
+            .into_iter()
+            .map(|l| LinkResponse {
+                state: if view.dead_providers.contains(&l.provider) {
+                    "dead"
+                } else if l.synced_version >= customer.version {
+                    "synced"
+                } else {
+                    "pending"
+                },
+                provider: l.provider,
+                external_id: l.external_id,
+                synced_version: l.synced_version,
+            })
+            .collect();
+        Self {
+            id: customer.id,
+            name: customer.name,
+            email: customer.email,
+            version: customer.version,
+            created_at: customer.created_at,
+            updated_at: customer.updated_at,
+            deleted_at: customer.deleted_at,
+            links,
+        }
+    }
+}
+
+/// A sync task as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct TaskResponse {
+    pub id: uuid::Uuid,
+    pub provider: String,
+    pub customer_id: String,
+    pub operation: String,
+    pub version: i64,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    pub last_error: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<TaskRow> for TaskResponse {
+    fn from(t: TaskRow) -> Self {
+        Self {
+            id: t.id,
+            provider: t.provider,
+            customer_id: t.customer_id,
+            operation: t.operation,
+            version: t.version,
+            status: t.status,
+            attempts: t.attempts,
+            next_attempt_at: t.next_attempt_at,
+            last_error: t.last_error,
+            request_id: t.request_id,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            completed_at: t.completed_at,
+        }
+    }
+}
+
+/// Parses a page size: default 50, 1 to 500.
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(l) if (1..=500).contains(&l) => Ok(l),
+        Some(_) => Err(ApiError::Validation {
+            field: Some("limit".into()),
+            message: "limit must be between 1 and 500".into(),
+        }),
+    }
+}

@@ -1,0 +1,101 @@
+//! Sync tasks: read one, list them.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use shared::db::tasks::{self, TaskFilter};
+use shared::domain::{CustomerId, Provider, TaskId, TaskStatus};
+
+use super::{page_limit, TaskResponse};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// `GET /api/v1/tasks` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    provider: Option<String>,
+    customer_id: Option<String>,
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+/// A page of tasks.
+#[derive(Debug, Serialize)]
+pub struct ListResponse {
+    tasks: Vec<TaskResponse>,
+    /// Pass as `after` to get the next page; `null` on the last page.
+    next_after: Option<uuid::Uuid>,
+}
+
+fn parse_task_id(id: &str) -> Result<TaskId, ApiError> {
+    TaskId::parse(id).map_err(|e| ApiError::field("id", e))
+}
+
+fn not_found(id: TaskId) -> ApiError {
+    ApiError::NotFound {
+        code: "task_not_found",
+        message: format!("no task with id '{id}'"),
+    }
+}
+
+/// One task.
+#[tracing::instrument(skip_all, fields(task_id = %path))]
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&path)?;
+    let task = state
+        .db(move |conn| Ok(tasks::find(conn, id)?))
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(HttpResponse::Ok().json(TaskResponse::from(task)))
+}
+
+/// A page of tasks in acceptance order.
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let filter = TaskFilter {
+        status: query
+            .status
+            .as_deref()
+            .map(TaskStatus::parse)
+            .transpose()
+            .map_err(|e| ApiError::field("status", e))?,
+        provider: query
+            .provider
+            .as_deref()
+            .map(Provider::parse)
+            .transpose()
+            .map_err(|e| ApiError::field("provider", e))?,
+        customer_id: query
+            .customer_id
+            .as_deref()
+            .map(CustomerId::parse)
+            .transpose()
+            .map_err(|e| ApiError::field("customer_id", e))?,
+        after: query
+            .after
+            .as_deref()
+            .map(TaskId::parse)
+            .transpose()
+            .map_err(|e| ApiError::field("after", e))?,
+        limit: page_limit(query.limit)?,
+    };
+    let limit = filter.limit as usize;
+    let page = state
+        .db(move |conn| Ok(tasks::list(conn, &filter)?))
+        .await?;
+    let next_after = (page.len() == limit)
+        .then(|| page.last().map(|t| t.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(ListResponse {
+        tasks: page.into_iter().map(TaskResponse::from).collect(),
+        next_after,
+    }))
+}

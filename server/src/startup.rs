@@ -1,0 +1,169 @@
+//! Wiring: the pool, the publisher, the routes and the HTTP server on a given listener.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{middleware, web, App, HttpMessage, HttpServer};
+use anyhow::Context;
+use shared::config::ServerSettings;
+use shared::db::{self, DbError, PgConn, PgPool};
+use shared::domain::Provider;
+use tracing_actix_web::{RequestId, TracingLogger};
+
+use crate::auth::{require_token, ApiToken};
+use crate::publisher::Publisher;
+use crate::routes::{self, customers, health, tasks};
+
+/// What every handler shares.
+pub struct AppState {
+    /// The PostgreSQL pool.
+    pub pool: PgPool,
+    /// Providers that get a task for every change.
+    pub providers: Vec<Provider>,
+    /// The ZeroMQ publisher.
+    pub publisher: Publisher,
+}
+
+impl AppState {
+    /// Runs Diesel work off the async executor.
+    pub async fn db<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut PgConn) -> Result<T, DbError> + Send + 'static,
+    {
+        db::run(&self.pool, work).await
+    }
+
+    /// Announces tasks that are already committed.
+    pub async fn publish(&self, tasks: &[shared::db::tasks::TaskRow]) {
+        self.publisher.announce(tasks);
+    }
+}
+
+/// A built, bound server ready to run.
+pub struct Application {
+    port: u16,
+    zmq_endpoint: String,
+    server: Server,
+}
+
+impl Application {
+    /// Connects to (and migrates) the database, binds the ZeroMQ socket and the HTTP listener.
+    pub async fn build(settings: ServerSettings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.http_bind).with_context(|| {
+            format!(
+                "binding the HTTP listener at {} (HTTP_BIND): is another server running?",
+                settings.http_bind
+            )
+        })?;
+        Self::build_on(settings, listener).await
+    }
+
+    /// Same as [`Application::build`] on a listener the caller bound (tests use port 0).
+    pub async fn build_on(settings: ServerSettings, listener: TcpListener) -> anyhow::Result<Self> {
+        let url = settings.common.database_url.clone();
+        let pool = tokio::task::spawn_blocking(move || db::connect(&url, 32))
+            .await
+            .context("database set-up task")??;
+        let (publisher, zmq_endpoint) = Publisher::bind(&settings.common.zmq_endpoints[0]).await?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            pool: pool.clone(),
+            providers: settings.common.enabled_providers(),
+            publisher,
+        });
+        let pool = web::Data::new(pool);
+        let token = web::Data::new(ApiToken::new(settings.api_token.as_ref()));
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(middleware::from_fn(echo_request_id))
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .app_data(pool.clone())
+                .app_data(token.clone())
+                .app_data(routes::json_config())
+                .app_data(routes::query_config())
+                .app_data(web::PathConfig::default())
+                .configure(api)
+                .default_service(web::to(routes::no_route))
+        })
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            port,
+            zmq_endpoint,
+            server,
+        })
+    }
+
+    /// The HTTP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The endpoint the ZeroMQ PUB socket is bound to.
+    pub fn zmq_endpoint(&self) -> &str {
+        &self.zmq_endpoint
+    }
+
+    /// Serves until the process is told to stop (SIGINT/SIGTERM).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// The `/api/v1` routes.
+fn api(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .route("/health", web::get().to(health::health))
+            .service(
+                web::scope("")
+                    .wrap(middleware::from_fn(require_token))
+                    .service(
+                        web::resource("/customers")
+                            .get(customers::list)
+                            .post(customers::create)
+                            .default_service(web::to(routes::wrong_method)),
+                    )
+                    .service(
+                        web::resource("/task/create/customer")
+                            .post(customers::create)
+                            .default_service(web::to(routes::wrong_method)),
+                    )
+                    .service(
+                        web::resource("/customers/{id}")
+                            .get(customers::get)
+                            .patch(customers::update)
+                            .delete(customers::delete)
+                            .default_service(web::to(routes::wrong_method)),
+                    )
+                    .service(
+                        web::resource("/tasks")
+                            .get(tasks::list)
+                            .default_service(web::to(routes::wrong_method)),
+                    )
+                    .service(
+                        web::resource("/tasks/{id}")
+                            .get(tasks::get)
+                            .default_service(web::to(routes::wrong_method)),
+                    ),
+            ),
+    );
+}
+
+/// Returns the request id in `X-Request-Id`, so a caller can quote it.
+async fn echo_request_id(
+    req: actix_web::dev::ServiceRequest,
+    next: middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let id = req.extensions().get::<RequestId>().map(|id| id.to_string());
+    let mut response = next.call(req).await?;
+    if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    Ok(response)
+}

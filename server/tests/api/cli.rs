@@ -1,0 +1,96 @@
+//! The `server` binary's start-up: one clear line for a bad or missing setting.
+
+use std::process::Command;
+
+fn server() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir());
+    command
+}
+
+fn refused(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_missing_api_token_stops_the_server_naming_the_variable() {
+    let stderr = refused(&mut server());
+    assert!(
+        stderr.contains("API_TOKEN") && stderr.contains("--insecure-no-auth"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_settings_stop_the_server_naming_the_variable() {
+    let token = ("API_TOKEN", "0123456789abcdef0123");
+    for (variable, value) in [
+        ("HTTP_BIND", "not-an-address"),
+        ("DATABASE_URL", "mysql://x/y"),
+        ("ZMQ_PUB_ENDPOINT", "ipc:///tmp/x"),
+        ("STRIPE_API_KEY", "pk_test_publishable"),
+        ("STRIPE_WEBHOOK_SECRET", "not-a-whsec"),
+        ("STRIPE_WEBHOOK_TOLERANCE_SECS", "-5"),
+        ("LOG_FORMAT", "xml"),
+        ("API_TOKEN", "xq7z"),
+        ("SALESFORCE_CLIENT_ID", "only-one-of-three"),
+    ] {
+        let stderr = refused(server().env(token.0, token.1).env(variable, value));
+        let named = if variable == "SALESFORCE_CLIENT_ID" {
+            "SALESFORCE_LOGIN_URL"
+        } else {
+            variable
+        };
+        assert!(stderr.contains(named), "{variable}: {stderr}");
+        let secrets = [
+            "API_TOKEN",
+            "STRIPE_API_KEY",
+            "STRIPE_WEBHOOK_SECRET",
+            "SALESFORCE_CLIENT_ID",
+        ];
+        if secrets.contains(&variable) {
+            assert!(!stderr.contains(value), "secret echoed: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn help_lists_every_setting_with_its_variable() {
+    let output = server().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for variable in [
+        "DATABASE_URL",
+        "HTTP_BIND",
+        "ZMQ_PUB_ENDPOINT",
+        "API_TOKEN",
+        "STRIPE_API_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "STRIPE_WEBHOOK_TOLERANCE_SECS",
+        "LOG_FORMAT",
+        "--insecure-no-auth",
+    ] {
+        assert!(help.contains(variable), "{variable} missing from --help");
+    }
+}
+
+#[test]
+fn a_flag_overrides_its_variable() {
+    let stderr = refused(
+        server()
+            .env("API_TOKEN", "0123456789abcdef0123")
+            .env("HTTP_BIND", "127.0.0.1:8000")
+            .args(["--http-bind", "nonsense"]),
+    );
+    assert!(
+        stderr.contains("HTTP_BIND") && stderr.contains("nonsense"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the HTTP API against a real PostgreSQL.
+
+mod cli;
+mod customers;
+mod errors;
+mod helpers;
+mod tasks;
