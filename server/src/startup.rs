@@ -36,7 +36,7 @@ impl AppState {
     }
 
     /// Announces tasks that are already committed.
-    pub async fn publish(&self, tasks: &[shared::db::tasks::TaskRow]) {
+    pub fn publish(&self, tasks: &[shared::db::tasks::TaskRow]) {
         self.publisher.announce(tasks);
     }
 }
@@ -147,6 +147,11 @@ fn api(cfg: &mut web::ServiceConfig) {
                     .service(
                         web::resource("/tasks/{id}")
                             .get(tasks::get)
+                            .default_service(web::to(routes::wrong_method)),
+                    )
+                    .service(
+                        web::resource("/tasks/{id}/retry")
+                            .post(tasks::retry)
                             .default_service(web::to(routes::wrong_method)),
                     ),
             ),

@@ -378,6 +378,115 @@ impl TryFrom<ServerArgs> for ServerSettings {
     }
 }
 
+/// The raw consumer settings.
+#[derive(Clone, clap::Parser)]
+#[command(
+    name = "consumer",
+    about = "customer-sync consumer: claims provider tasks from PostgreSQL and calls Stripe (and Salesforce)",
+    after_help = "Every flag can also be set through the environment variable shown, or in a .env file.\n\
+                  Run several consumers per topic to share the work; each claims tasks in PostgreSQL,\n\
+                  so no call is made twice."
+)]
+pub struct ConsumerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Provider topic to serve: stripe or salesforce (repeat for several)
+    #[arg(long = "topic", required = true, value_name = "TOPIC")]
+    pub topics: Vec<String>,
+    /// Provider calls in flight in this process
+    #[arg(long, env = "CONSUMER_CONCURRENCY", default_value = "16")]
+    pub concurrency: String,
+    /// Client-side limit of Stripe requests per second for this process
+    #[arg(long, env = "STRIPE_MAX_RPS", default_value = "25")]
+    pub stripe_max_rps: String,
+    /// Attempts before a task goes dead and waits for a manual retry
+    #[arg(long, env = "TASK_MAX_ATTEMPTS", default_value = "12")]
+    pub task_max_attempts: String,
+    /// How often PostgreSQL is swept for due tasks whose message was lost, in milliseconds
+    #[arg(long, env = "CONSUMER_SWEEP_INTERVAL_MS", default_value = "1000")]
+    pub sweep_interval_ms: String,
+    /// How long a claimed task stays ours before another consumer may take it, in seconds
+    #[arg(long, env = "CONSUMER_LEASE_SECS", default_value = "30")]
+    pub lease_secs: String,
+}
+
+/// Validated consumer settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// What the consumer shares with the server.
+    pub common: CommonSettings,
+    /// The providers (topics) this process serves.
+    pub providers: Vec<Provider>,
+    /// Calls in flight.
+    pub concurrency: usize,
+    /// Stripe requests per second.
+    pub stripe_max_rps: u32,
+    /// Attempts before `dead`.
+    pub max_attempts: i32,
+    /// Sweep interval.
+    pub sweep_interval: Duration,
+    /// Lease length.
+    pub lease: Duration,
+}
+
+impl TryFrom<ConsumerArgs> for ConsumerSettings {
+    type Error = SettingsError;
+
+    fn try_from(args: ConsumerArgs) -> Result<Self, SettingsError> {
+        let common = CommonSettings::try_from(args.common)?;
+        let mut providers = Vec::new();
+        for topic in &args.topics {
+            let provider =
+                Provider::parse(topic.trim()).map_err(|e| SettingsError::new("--topic", e.0))?;
+            let configured = match provider {
+                Provider::Stripe => common.stripe.is_some(),
+                Provider::Salesforce => common.salesforce.is_some(),
+            };
+            if !configured {
+                let variable = match provider {
+                    Provider::Stripe => "STRIPE_API_KEY",
+                    Provider::Salesforce => "SALESFORCE_LOGIN_URL",
+                };
+                return Err(SettingsError::new(
+                    variable,
+                    format!("is required to serve the {provider} topic"),
+                ));
+            }
+            if !providers.contains(&provider) {
+                providers.push(provider);
+            }
+        }
+        Ok(Self {
+            common,
+            providers,
+            concurrency: number(&args.concurrency, "CONSUMER_CONCURRENCY", 1, 1024)? as usize,
+            stripe_max_rps: number(&args.stripe_max_rps, "STRIPE_MAX_RPS", 1, 10_000)? as u32,
+            max_attempts: number(&args.task_max_attempts, "TASK_MAX_ATTEMPTS", 1, 1000)? as i32,
+            sweep_interval: Duration::from_millis(number(
+                &args.sweep_interval_ms,
+                "CONSUMER_SWEEP_INTERVAL_MS",
+                10,
+                600_000,
+            )?),
+            lease: Duration::from_secs(number(&args.lease_secs, "CONSUMER_LEASE_SECS", 5, 3600)?),
+        })
+    }
+}
+
+fn number(value: &str, variable: &'static str, min: u64, max: u64) -> Result<u64, SettingsError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            SettingsError::new(
+                variable,
+                format!("'{value}' is not a whole number between {min} and {max}"),
+            )
+        })
+}
+
 /// The database name in a PostgreSQL URL (the path after the host).
 pub fn database_name(url: &str) -> Result<String, SettingsError> {
     let without_query = url.split(['?', '#']).next().unwrap_or(url);

@@ -111,7 +111,7 @@ pub async fn create(
     let change = state
         .db(move |conn| Ok(catalog::create(conn, &new, &providers, &origin)))
         .await??;
-    state.publish(&change.tasks).await;
+    state.publish(&change.tasks);
     Ok(respond(change))
 }
 
@@ -150,7 +150,7 @@ pub async fn update(
             ))
         })
         .await??;
-    state.publish(&change.tasks).await;
+    state.publish(&change.tasks);
     Ok(respond(change))
 }
 
@@ -167,7 +167,7 @@ pub async fn delete(
     let change = state
         .db(move |conn| Ok(catalog::delete(conn, &id, &providers, &origin)))
         .await??;
-    state.publish(&change.tasks).await;
+    state.publish(&change.tasks);
     Ok(respond(change))
 }
 

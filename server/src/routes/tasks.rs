@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use shared::db::tasks::{self, TaskFilter};
 use shared::domain::{CustomerId, Provider, TaskId, TaskStatus};
+use shared::queue::{self, RetryError};
 
 use super::{page_limit, TaskResponse};
 use crate::error::ApiError;
@@ -98,4 +99,29 @@ pub async fn list(
         tasks: page.into_iter().map(TaskResponse::from).collect(),
         next_after,
     }))
+}
+
+/// Puts a `dead` task back to `pending` and announces it; 409 for any other state.
+#[tracing::instrument(skip_all, fields(task_id = %path))]
+pub async fn retry(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&path)?;
+    let retried = state
+        .db(move |conn| Ok(queue::retry_dead(conn, id)))
+        .await?;
+    let task = match retried {
+        Ok(task) => task,
+        Err(RetryError::NotFound(id)) => return Err(not_found(id)),
+        Err(e @ RetryError::NotDead(..)) => {
+            return Err(ApiError::Conflict {
+                code: "task_not_dead",
+                message: e.to_string(),
+            })
+        }
+        Err(RetryError::Db(e)) => return Err(shared::db::DbError::from(e).into()),
+    };
+    state.publish(std::slice::from_ref(&task));
+    Ok(HttpResponse::Ok().json(TaskResponse::from(task)))
 }

@@ -113,3 +113,45 @@ async fn tasks_list_refuses_bad_filters() {
         assert_eq!(error_of(response).await.1.as_deref(), field, "{query}");
     }
 }
+
+#[tokio::test]
+async fn retry_revives_only_dead_tasks() {
+    let app = spawn_app().await;
+    let body = app.create_customer("c-1", "Ada", "ada@example.com").await;
+    let task_id = body["tasks"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/tasks/{task_id}/retry");
+
+    let response = app.post(&path, &json!({})).await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(error_of(response).await.0, "task_not_dead");
+
+    {
+        use diesel::prelude::*;
+        diesel::sql_query(
+            "UPDATE sync_tasks SET status = 'dead', attempts = 12, last_error = 'boom' WHERE id = $1::uuid",
+        )
+        .bind::<diesel::sql_types::Text, _>(&task_id)
+        .execute(&mut app.conn())
+        .unwrap();
+    }
+    let customer: Value = app.get("/api/v1/customers/c-1").await.json().await.unwrap();
+    assert_eq!(customer["links"][0]["state"], "dead");
+
+    let response = app.post(&path, &json!({})).await;
+    assert_eq!(response.status(), 200);
+    let task: Value = response.json().await.unwrap();
+    assert_eq!(task["status"], "pending");
+    assert_eq!(task["attempts"], 0);
+
+    let response = app
+        .post(
+            "/api/v1/tasks/0190a0a0-0000-7000-8000-000000000000/retry",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 404);
+    let response = app.post("/api/v1/tasks/nope/retry", &json!({})).await;
+    assert_eq!(response.status(), 400);
+    let response = app.get(&path).await;
+    assert_eq!(response.status(), 405);
+}

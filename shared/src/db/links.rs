@@ -44,3 +44,16 @@ pub fn for_customers(conn: &mut PgConnection, ids: &[String]) -> QueryResult<Vec
         .order((provider_links::customer_id, provider_links::provider))
         .load(conn)
 }
+
+/// The customer's link at one provider, or `None`.
+pub fn find(
+    conn: &mut PgConnection,
+    customer: &str,
+    provider: Provider,
+) -> QueryResult<Option<LinkRow>> {
+    provider_links::table
+        .find((customer, provider.as_str()))
+        .select(LinkRow::as_select())
+        .first(conn)
+        .optional()
+}

@@ -7,7 +7,7 @@ use super::schema::sync_tasks;
 use crate::domain::{CustomerId, Provider, TaskId, TaskStatus};
 
 /// A row of `sync_tasks`.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = sync_tasks)]
 pub struct TaskRow {
     pub id: uuid::Uuid,

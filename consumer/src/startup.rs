@@ -1,0 +1,129 @@
+//! Wiring: the pool, the provider clients, one SUB socket per server endpoint and one claim
+//! loop per topic; graceful shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use shared::config::ConsumerSettings;
+use shared::db;
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::rate_limit::RateLimiter;
+use crate::stripe::StripeClient;
+use crate::subscriber;
+use crate::worker::Worker;
+
+/// How long in-flight calls may finish after a stop signal before their tasks are released.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running consumer.
+pub struct Consumer {
+    worker: Arc<Worker>,
+    shutdown: watch::Sender<bool>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Consumer {
+    /// Connects to the database and starts subscribing and claiming.
+    pub async fn start(settings: ConsumerSettings) -> anyhow::Result<Self> {
+        let url = settings.common.database_url.clone();
+        let pool_size = settings.concurrency as u32 + 4;
+        let pool = tokio::task::spawn_blocking(move || db::connect(&url, pool_size))
+            .await
+            .context("database set-up task")??;
+        let stripe = match &settings.common.stripe {
+            Some(stripe) => Some(StripeClient::new(stripe)?),
+            None => None,
+        };
+        let owner = format!(
+            "{}-{}-{}",
+            hostname(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let worker = Arc::new(Worker {
+            pool,
+            owner,
+            stripe,
+            stripe_limiter: RateLimiter::new(settings.stripe_max_rps),
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
+            concurrency: settings.concurrency,
+            max_attempts: settings.max_attempts,
+            lease: settings.lease,
+            in_flight: Mutex::new(HashMap::new()),
+        });
+        let (shutdown, stop) = watch::channel(false);
+        let doorbells: Arc<HashMap<_, _>> = Arc::new(
+            settings
+                .providers
+                .iter()
+                .map(|p| (*p, Arc::new(Notify::new())))
+                .collect(),
+        );
+        let mut loops = Vec::new();
+        for endpoint in &settings.common.zmq_endpoints {
+            loops.push(tokio::spawn(subscriber::subscribe(
+                endpoint.clone(),
+                doorbells.clone(),
+                stop.clone(),
+            )));
+        }
+        for (provider, bell) in doorbells.iter() {
+            loops.push(tokio::spawn(worker.clone().claim_loop(
+                *provider,
+                bell.clone(),
+                settings.sweep_interval,
+                stop.clone(),
+            )));
+        }
+        tracing::info!(
+            owner = %worker.owner,
+            topics = ?settings.providers,
+            endpoints = ?settings.common.zmq_endpoints,
+            concurrency = settings.concurrency,
+            "consumer started"
+        );
+        Ok(Self {
+            worker,
+            shutdown,
+            loops,
+        })
+    }
+
+    /// Stops claiming, lets in-flight calls finish for a while, releases the rest.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for handle in self.loops {
+            let _ = handle.await;
+        }
+        let drained = tokio::time::timeout(
+            DRAIN,
+            self.worker
+                .permits
+                .acquire_many(self.worker.concurrency as u32),
+        )
+        .await;
+        if drained.is_err() {
+            self.worker.release_in_flight().await;
+        }
+        tracing::info!("consumer stopped");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "consumer".into())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,352 @@
+//! The Stripe provider over reqwest: form-encoded calls with a pinned version, a stable
+//! idempotency key per task, and errors sorted by what the caller should do next.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use shared::config::StripeSettings;
+
+/// The API version every request pins, so Stripe's answers keep the shape we parse.
+pub const STRIPE_VERSION: &str = "2026-10-28.endive";
+
+/// A Stripe customer, as much of it as we read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StripeCustomer {
+    pub id: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub metadata: std::collections::HashMap<String, String>,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct List {
+    data: Vec<StripeCustomer>,
+    has_more: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+/// What went wrong with a call, and so what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum StripeError {
+    /// The request may not have arrived (connect error, timeout): retry with the same key.
+    #[error("network error: {0}")]
+    Transport(String),
+    /// Stripe answered with an error.
+    #[error("Stripe answered {status}: {message}")]
+    Api {
+        status: u16,
+        code: Option<String>,
+        message: String,
+        /// `Stripe-Should-Retry`, when Stripe knows.
+        should_retry: Option<bool>,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The caller's next step after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Retry later with the same idempotency key.
+    RetrySameKey,
+    /// The outcome is unknown and the key is spent (Stripe stored the 500): reconcile,
+    /// then retry under a new key.
+    ReconcileThenNewKey,
+    /// Will never work as is: the task goes dead with Stripe's message.
+    GiveUp,
+}
+
+impl StripeError {
+    /// Sorts the error: SPEC "Outward: tasks and providers".
+    pub fn next(&self) -> Next {
+        match self {
+            StripeError::Transport(_) => Next::RetrySameKey,
+            StripeError::Api {
+                status,
+                should_retry,
+                ..
+            } => match (*status, *should_retry) {
+                (500..=599, _) => Next::ReconcileThenNewKey,
+                (_, Some(true)) | (409 | 429, None) => Next::RetrySameKey,
+                (_, Some(false)) => Next::GiveUp,
+                _ => Next::GiveUp,
+            },
+        }
+    }
+
+    /// The status, when Stripe answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            StripeError::Api { status, .. } => Some(*status),
+            StripeError::Transport(_) => None,
+        }
+    }
+
+    /// `Retry-After`, when given.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            StripeError::Api { retry_after, .. } => *retry_after,
+            StripeError::Transport(_) => None,
+        }
+    }
+}
+
+/// A Stripe API client for one account.
+pub struct StripeClient {
+    http: reqwest::Client,
+    base: String,
+    key: SecretString,
+}
+
+impl StripeClient {
+    /// A client with connect and request timeouts.
+    pub fn new(settings: &StripeSettings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("customer-sync/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base: settings.api_base.clone(),
+            key: settings.api_key.clone(),
+        })
+    }
+
+    /// `POST /v1/customers` with `metadata[customer_sync_id]`.
+    pub async fn create_customer(
+        &self,
+        local_id: &str,
+        name: &str,
+        email: &str,
+        idempotency_key: &str,
+    ) -> Result<StripeCustomer, StripeError> {
+        let form = [
+            ("name", name),
+            ("email", email),
+            ("metadata[customer_sync_id]", local_id),
+        ];
+        self.send(
+            self.http
+                .post(format!("{}/v1/customers", self.base))
+                .header("Idempotency-Key", idempotency_key)
+                .form(&form),
+        )
+        .await
+    }
+
+    /// `POST /v1/customers/{id}` with the current name and email.
+    pub async fn update_customer(
+        &self,
+        stripe_id: &str,
+        name: &str,
+        email: &str,
+        idempotency_key: &str,
+    ) -> Result<StripeCustomer, StripeError> {
+        let form = [("name", name), ("email", email)];
+        self.send(
+            self.http
+                .post(format!(
+                    "{}/v1/customers/{}",
+                    self.base,
+                    path_segment(stripe_id)
+                ))
+                .header("Idempotency-Key", idempotency_key)
+                .form(&form),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/customers/{id}`; a 404 counts as done.
+    pub async fn delete_customer(&self, stripe_id: &str) -> Result<(), StripeError> {
+        let result: Result<serde_json::Value, StripeError> = self
+            .send(self.http.delete(format!(
+                "{}/v1/customers/{}",
+                self.base,
+                path_segment(stripe_id)
+            )))
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(StripeError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The live Stripe customer created for `local_id`, found by email and metadata.
+    pub async fn find_customer(
+        &self,
+        local_id: &str,
+        email: &str,
+    ) -> Result<Option<StripeCustomer>, StripeError> {
+        let mut starting_after: Option<String> = None;
+        // Stripe's email filter is exact; a handful of pages covers any real duplicate set.
+        for _ in 0..10 {
+            let mut query = vec![("email", email.to_owned()), ("limit", "100".to_owned())];
+            if let Some(after) = &starting_after {
+                query.push(("starting_after", after.clone()));
+            }
+            let page: List = self
+                .send(
+                    self.http
+                        .get(format!("{}/v1/customers", self.base))
+                        .query(&query),
+                )
+                .await?;
+            if let Some(found) = page.data.iter().find(|c| {
+                !c.deleted
+                    && c.metadata.get("customer_sync_id").map(String::as_str) == Some(local_id)
+            }) {
+                return Ok(Some(found.clone()));
+            }
+            match (page.has_more, page.data.last()) {
+                (true, Some(last)) => starting_after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        Ok(None)
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, StripeError> {
+        let response = request
+            .bearer_auth(self.key.expose_secret())
+            .header("Stripe-Version", STRIPE_VERSION)
+            .send()
+            .await
+            .map_err(|e| StripeError::Transport(without_url(e)))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let request_id = headers
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| StripeError::Transport(without_url(e)))?;
+        tracing::debug!(status, stripe_request_id = %request_id, "stripe answered");
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&body).map_err(|e| StripeError::Api {
+                status,
+                code: None,
+                message: format!("unreadable answer: {e}"),
+                should_retry: Some(true),
+                retry_after: None,
+            });
+        }
+        let detail = serde_json::from_slice::<ErrorBody>(&body)
+            .ok()
+            .map(|b| b.error);
+        let should_retry = headers
+            .get("stripe-should-retry")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.eq_ignore_ascii_case("true"));
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let message = match &detail {
+            Some(d) => format!(
+                "{}{}",
+                d.message.clone().unwrap_or_else(|| "no message".into()),
+                d.kind
+                    .as_deref()
+                    .map(|k| format!(" ({k})"))
+                    .unwrap_or_default()
+            ),
+            None => format!("HTTP {status} without a Stripe error body"),
+        };
+        Err(StripeError::Api {
+            status,
+            code: detail.and_then(|d| d.code),
+            message,
+            should_retry,
+            retry_after,
+        })
+    }
+}
+
+/// A Stripe id is `[A-Za-z0-9_]`; anything else is percent-encoded to keep the path intact.
+fn path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// reqwest's message without the URL (which may carry nothing secret, but is noise).
+fn without_url(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "request"
+    };
+    format!("{kind}: {}", e.without_url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, should_retry: Option<bool>) -> StripeError {
+        StripeError::Api {
+            status,
+            code: None,
+            message: String::new(),
+            should_retry,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn errors_are_sorted_as_spec_says() {
+        assert_eq!(
+            StripeError::Transport("t".into()).next(),
+            Next::RetrySameKey
+        );
+        assert_eq!(api(409, None).next(), Next::RetrySameKey);
+        assert_eq!(api(429, None).next(), Next::RetrySameKey);
+        assert_eq!(api(500, None).next(), Next::ReconcileThenNewKey);
+        assert_eq!(api(503, Some(false)).next(), Next::ReconcileThenNewKey);
+        assert_eq!(api(400, None).next(), Next::GiveUp);
+        assert_eq!(api(400, Some(true)).next(), Next::RetrySameKey);
+        assert_eq!(api(401, None).next(), Next::GiveUp);
+        assert_eq!(api(403, None).next(), Next::GiveUp);
+        assert_eq!(api(429, Some(false)).next(), Next::GiveUp);
+        assert_eq!(path_segment("cus_1/../x"), "cus_1%2F%2E%2E%2Fx");
+    }
+}

@@ -1,0 +1,208 @@
+//! The task queue's claim rules against a real PostgreSQL.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use shared::catalog::{self, NewCustomer, Origin};
+use shared::domain::{CustomerId, CustomerName, Email, Provider};
+use shared::queue;
+use shared::testing::TestDatabase;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn customer(conn: &mut PgConnection, id: &str) {
+    let new = NewCustomer {
+        id: CustomerId::parse(id).unwrap(),
+        name: CustomerName::parse("Name").unwrap(),
+        email: Email::parse("n@example.com").unwrap(),
+    };
+    catalog::create(conn, &new, &[Provider::Stripe], &Origin::default()).unwrap();
+}
+
+fn rename(conn: &mut PgConnection, id: &str, name: &str) {
+    let name = CustomerName::parse(name).unwrap();
+    catalog::update(
+        conn,
+        &CustomerId::parse(id).unwrap(),
+        Some(&name),
+        None,
+        &[Provider::Stripe],
+        &Origin::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn only_the_oldest_unfinished_task_of_a_customer_is_claimable() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    customer(&mut conn, "a");
+    rename(&mut conn, "a", "A2");
+    rename(&mut conn, "a", "A3");
+    customer(&mut conn, "b");
+
+    let claimed = queue::claim(&mut conn, Provider::Stripe, 10, "me", LEASE).unwrap();
+    let got: Vec<(&str, &str)> = claimed
+        .iter()
+        .map(|t| (t.customer_id.as_str(), t.operation.as_str()))
+        .collect();
+    assert_eq!(got, [("a", "create"), ("b", "create")]);
+    assert!(claimed
+        .iter()
+        .all(|t| t.status == "in_flight" && t.attempts == 1));
+
+    // Nothing more while those are in flight.
+    assert!(queue::claim(&mut conn, Provider::Stripe, 10, "me", LEASE)
+        .unwrap()
+        .is_empty());
+
+    queue::complete(&mut conn, &claimed[0], Some("cus_1"), 1).unwrap();
+    let next = queue::claim(&mut conn, Provider::Stripe, 10, "me", LEASE).unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].customer_id.as_str(), next[0].version), ("a", 2));
+    // Other providers' topics see nothing.
+    assert!(
+        queue::claim(&mut conn, Provider::Salesforce, 10, "me", LEASE)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn concurrent_claimers_never_take_the_same_task() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    for i in 0..60 {
+        customer(&mut conn, &format!("c{i}"));
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|n| {
+            let url = db.url.clone();
+            std::thread::spawn(move || {
+                let mut conn = PgConnection::establish(&url).unwrap();
+                let mut mine = Vec::new();
+                loop {
+                    let batch =
+                        queue::claim(&mut conn, Provider::Stripe, 5, &format!("w{n}"), LEASE)
+                            .unwrap();
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.into_iter().map(|t| t.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.join().unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 60);
+    assert_eq!(unique.len(), 60);
+}
+
+#[test]
+fn an_expired_lease_makes_a_task_claimable_again() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    customer(&mut conn, "a");
+    let first = queue::claim(
+        &mut conn,
+        Provider::Stripe,
+        1,
+        "dead-consumer",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(queue::claim(&mut conn, Provider::Stripe, 1, "other", LEASE)
+        .unwrap()
+        .is_empty());
+    diesel::sql_query("UPDATE sync_tasks SET lease_expires_at = now() - interval '1 second'")
+        .execute(&mut conn)
+        .unwrap();
+    let again = queue::claim(&mut conn, Provider::Stripe, 1, "other", LEASE).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, first[0].id);
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(again[0].lease_owner.as_deref(), Some("other"));
+}
+
+#[test]
+fn retries_wait_their_delay_and_die_at_the_attempt_limit() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    customer(&mut conn, "a");
+    let task = queue::claim(&mut conn, Provider::Stripe, 1, "me", LEASE)
+        .unwrap()
+        .remove(0);
+    let status =
+        queue::retry_later(&mut conn, &task, "HTTP 503", Duration::from_secs(60), 3).unwrap();
+    assert_eq!(status.as_str(), "pending");
+    assert!(queue::claim(&mut conn, Provider::Stripe, 1, "me", LEASE)
+        .unwrap()
+        .is_empty());
+
+    diesel::sql_query("UPDATE sync_tasks SET next_attempt_at = now()")
+        .execute(&mut conn)
+        .unwrap();
+    let task = queue::claim(&mut conn, Provider::Stripe, 1, "me", LEASE)
+        .unwrap()
+        .remove(0);
+    assert_eq!(task.attempts, 2);
+    assert_eq!(task.last_error.as_deref(), Some("HTTP 503"));
+    diesel::sql_query("UPDATE sync_tasks SET attempts = 3")
+        .execute(&mut conn)
+        .unwrap();
+    let task = shared::db::tasks::find(&mut conn, task.id.into())
+        .unwrap()
+        .unwrap();
+    let status = queue::retry_later(&mut conn, &task, "HTTP 503", Duration::ZERO, 3).unwrap();
+    assert_eq!(status.as_str(), "dead");
+    let dead = shared::db::tasks::find(&mut conn, task.id.into())
+        .unwrap()
+        .unwrap();
+    assert!(dead
+        .last_error
+        .unwrap()
+        .contains("gave up after 3 attempts"));
+}
+
+#[test]
+fn a_released_task_is_claimable_at_once_without_spending_an_attempt() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    customer(&mut conn, "a");
+    let task = queue::claim(&mut conn, Provider::Stripe, 1, "me", LEASE)
+        .unwrap()
+        .remove(0);
+    queue::release(&mut conn, &task, "someone-else").unwrap();
+    assert!(queue::claim(&mut conn, Provider::Stripe, 1, "x", LEASE)
+        .unwrap()
+        .is_empty());
+    queue::release(&mut conn, &task, "me").unwrap();
+    let again = queue::claim(&mut conn, Provider::Stripe, 1, "x", LEASE)
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.attempts, 1);
+}
+
+#[test]
+fn a_new_key_generation_changes_the_idempotency_key() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    customer(&mut conn, "a");
+    let task = queue::claim(&mut conn, Provider::Stripe, 1, "me", LEASE)
+        .unwrap()
+        .remove(0);
+    let first = queue::idempotency_key(&task);
+    assert_eq!(queue::next_key_generation(&mut conn, &task).unwrap(), 1);
+    let task = shared::db::tasks::find(&mut conn, task.id.into())
+        .unwrap()
+        .unwrap();
+    let second = queue::idempotency_key(&task);
+    assert_ne!(first, second);
+    assert!(second.starts_with(&first));
+}
