@@ -18,10 +18,13 @@ CREATE TABLE provider_links (
     provider          TEXT NOT NULL CHECK (provider IN ('stripe', 'salesforce')),
     external_id       TEXT,
     synced_version    BIGINT NOT NULL DEFAULT 0,
-    -- Stripe's `created` of the last webhook event applied to this customer, and its id,
-    -- so an older event never rolls state back.
+    -- Stripe's `created` of the last webhook event applied to this customer, its id, and
+    -- the name and email it carried: an older event never rolls state back, and a
+    -- same-second tie is settled by whether the event follows from this state.
     remote_event_created BIGINT,
     remote_event_id   TEXT,
+    remote_name       TEXT,
+    remote_email      TEXT,
     created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (customer_id, provider)

@@ -17,6 +17,9 @@ pub enum ApiError {
         field: Option<String>,
         message: String,
     },
+    /// A request the caller must fix, with its own code (webhook signatures and events).
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
     /// The body is not the JSON we expect.
     #[error("{0}")]
     MalformedJson(String),
@@ -65,7 +68,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::NotFound { code, .. } | ApiError::Conflict { code, .. } => code,
+            ApiError::NotFound { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::BadRequest { code, .. } => code,
             ApiError::NoRoute(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unavailable(_) => "database_unavailable",
@@ -90,7 +95,9 @@ struct Detail<'a> {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Validation { .. } | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation { .. }
+            | ApiError::MalformedJson(_)
+            | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,

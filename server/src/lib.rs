@@ -4,4 +4,5 @@ pub mod auth;
 pub mod error;
 pub mod publisher;
 pub mod routes;
+pub mod signature;
 pub mod startup;

@@ -13,7 +13,8 @@ use tracing_actix_web::{RequestId, TracingLogger};
 
 use crate::auth::{require_token, ApiToken};
 use crate::publisher::Publisher;
-use crate::routes::{self, customers, health, tasks};
+use crate::routes::webhook::{self, WebhookSettings};
+use crate::routes::{self, customers, health, invoices, tasks};
 
 /// What every handler shares.
 pub struct AppState {
@@ -75,6 +76,15 @@ impl Application {
         });
         let pool = web::Data::new(pool);
         let token = web::Data::new(ApiToken::new(settings.api_token.as_ref()));
+        if settings.webhook_secrets.is_empty() {
+            tracing::warn!(
+                "STRIPE_WEBHOOK_SECRET is not set: every webhook delivery will be refused"
+            );
+        }
+        let hooks = web::Data::new(WebhookSettings {
+            secrets: settings.webhook_secrets.clone(),
+            tolerance_secs: settings.webhook_tolerance.as_secs() as i64,
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(middleware::from_fn(echo_request_id))
@@ -82,6 +92,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(pool.clone())
                 .app_data(token.clone())
+                .app_data(hooks.clone())
                 .app_data(routes::json_config())
                 .app_data(routes::query_config())
                 .app_data(web::PathConfig::default())
@@ -119,6 +130,11 @@ fn api(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1")
             .route("/health", web::get().to(health::health))
             .service(
+                web::resource("/endpoint/stripe")
+                    .post(webhook::stripe)
+                    .default_service(web::to(routes::wrong_method)),
+            )
+            .service(
                 web::scope("")
                     .wrap(middleware::from_fn(require_token))
                     .service(
@@ -147,6 +163,16 @@ fn api(cfg: &mut web::ServiceConfig) {
                     .service(
                         web::resource("/tasks/{id}")
                             .get(tasks::get)
+                            .default_service(web::to(routes::wrong_method)),
+                    )
+                    .service(
+                        web::resource("/invoices")
+                            .get(invoices::list)
+                            .default_service(web::to(routes::wrong_method)),
+                    )
+                    .service(
+                        web::resource("/invoices/{id}")
+                            .get(invoices::get)
                             .default_service(web::to(routes::wrong_method)),
                     )
                     .service(

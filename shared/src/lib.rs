@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod inbound;
 pub mod local_pg;
 pub mod messaging;
 pub mod queue;

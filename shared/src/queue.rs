@@ -109,7 +109,7 @@ pub fn complete(
         diesel::update(sync_tasks::table.find(task.id))
             .set((
                 sync_tasks::status.eq(TaskStatus::Succeeded.as_str()),
-                sync_tasks::lease_owner.eq(None::<String>),
+                // The lease owner stays: it tells which consumer did the work.
                 sync_tasks::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
                 sync_tasks::last_error.eq(None::<String>),
                 sync_tasks::completed_at.eq(diesel::dsl::now),

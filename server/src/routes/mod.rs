@@ -2,7 +2,9 @@
 
 pub mod customers;
 pub mod health;
+pub mod invoices;
 pub mod tasks;
+pub mod webhook;
 
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{web, HttpRequest};

@@ -5,3 +5,4 @@ mod customers;
 mod errors;
 mod helpers;
 mod tasks;
+mod webhook;

@@ -16,6 +16,8 @@ pub struct LinkRow {
     pub synced_version: i64,
     pub remote_event_created: Option<i64>,
     pub remote_event_id: Option<String>,
+    pub remote_name: Option<String>,
+    pub remote_email: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -20,6 +20,8 @@ diesel::table! {
         synced_version -> Int8,
         remote_event_created -> Nullable<Int8>,
         remote_event_id -> Nullable<Text>,
+        remote_name -> Nullable<Text>,
+        remote_email -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

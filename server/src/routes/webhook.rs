@@ -1,0 +1,97 @@
+//! `POST /api/v1/endpoint/stripe`: verified on the raw body, stored and applied in one
+//! transaction (SPEC "Inward: the Stripe webhook").
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use secrecy::SecretString;
+use serde_json::json;
+use shared::db::DbError;
+use shared::inbound::{self, Applied, Event};
+
+use crate::error::ApiError;
+use crate::signature::{self, SignatureHeader};
+use crate::startup::AppState;
+
+/// The largest webhook body accepted.
+pub const WEBHOOK_LIMIT: usize = 1024 * 1024;
+
+/// The secrets deliveries may be signed with, and the timestamp tolerance.
+pub struct WebhookSettings {
+    pub secrets: Vec<SecretString>,
+    pub tolerance_secs: i64,
+}
+
+async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > WEBHOOK_LIMIT) {
+        return Err(ApiError::PayloadTooLarge(WEBHOOK_LIMIT));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::MalformedJson(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > WEBHOOK_LIMIT {
+            return Err(ApiError::PayloadTooLarge(WEBHOOK_LIMIT));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Verifies, stores and applies one Stripe event.
+#[tracing::instrument(skip_all, fields(event_id, event_type))]
+pub async fn stripe(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    hooks: web::Data<WebhookSettings>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload).await?;
+    let invalid = |e: signature::SignatureError| {
+        tracing::warn!(reason = %e, "webhook refused");
+        ApiError::BadRequest {
+            code: "invalid_signature",
+            message: e.to_string(),
+        }
+    };
+    let header = req
+        .headers()
+        .get("stripe-signature")
+        .ok_or(signature::SignatureError::Missing)
+        .and_then(|h| {
+            h.to_str()
+                .map_err(|_| signature::SignatureError::Malformed("not text"))
+        })
+        .and_then(SignatureHeader::parse)
+        .map_err(invalid)?;
+    let now = chrono::Utc::now().timestamp();
+    signature::verify(&header, &body, &hooks.secrets, hooks.tolerance_secs, now)
+        .map_err(invalid)?;
+
+    let (event, raw) = Event::parse(&body).map_err(|message| ApiError::BadRequest {
+        code: "invalid_event",
+        message,
+    })?;
+    let span = tracing::Span::current();
+    span.record("event_id", event.id.as_str());
+    span.record("event_type", event.kind.as_str());
+    let providers = state.providers.clone();
+    let applied = state
+        .db(move |conn| inbound::apply(conn, &event, &raw, &providers))
+        .await
+        // Stripe retries anything but a 2xx; the cause goes to the log.
+        .map_err(|e: DbError| {
+            ApiError::Unexpected(anyhow::anyhow!(e).context("applying a webhook event"))
+        })?;
+    let outcome = match applied {
+        Applied::Duplicate => "duplicate",
+        Applied::Unhandled => "unhandled",
+        Applied::Handled(effect) => effect,
+    };
+    tracing::info!(outcome, "webhook event received");
+    Ok(HttpResponse::Ok().json(json!({"received": true, "outcome": outcome})))
+}

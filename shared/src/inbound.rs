@@ -1,0 +1,486 @@
+//! Inward sync: a verified Stripe event applied to the catalog and the invoice catalogue,
+//! together with its event row, in one transaction.
+//!
+//! Rules (SPEC "Inward"): an event is applied once (by id); an older event never rolls
+//! state back; a same-second tie is settled by whether the event follows from the state we
+//! last applied (its `previous_attributes`); an echo of a value we pushed never overwrites
+//! a newer local change; remote changes go to the other providers, never back to Stripe.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::db::customers::{self, CustomerRow};
+use crate::db::links::LinkRow;
+use crate::db::schema::{customers as customers_table, invoices, provider_links, webhook_events};
+use crate::db::DbError;
+use crate::domain::{CustomerId, Operation, Provider};
+use crate::queue;
+
+/// The invoice event types that feed the catalogue.
+pub const INVOICE_EVENTS: &[&str] = &[
+    "invoice.created",
+    "invoice.finalized",
+    "invoice.updated",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.voided",
+    "invoice.marked_uncollectible",
+    "invoice.deleted",
+];
+
+/// A Stripe event envelope, as much as we read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub created: i64,
+    pub data: EventData,
+}
+
+/// `data` of an event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventData {
+    pub object: Value,
+    #[serde(default)]
+    pub previous_attributes: Option<Value>,
+}
+
+impl Event {
+    /// Parses a verified body; anything that is not an event is refused with a reason.
+    pub fn parse(body: &[u8]) -> Result<(Self, Value), String> {
+        let raw: Value =
+            serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+        let event: Event = serde_json::from_value(raw.clone())
+            .map_err(|e| format!("body is not a Stripe event: {e}"))?;
+        if raw
+            .get("object")
+            .and_then(Value::as_str)
+            .is_some_and(|o| o != "event")
+        {
+            return Err("body is not a Stripe event: object is not \"event\"".into());
+        }
+        if event.id.is_empty() || event.id.len() > 255 || event.kind.is_empty() {
+            return Err("body is not a Stripe event: empty id or type".into());
+        }
+        if !event.data.object.is_object() {
+            return Err("body is not a Stripe event: data.object is not an object".into());
+        }
+        Ok((event, raw))
+    }
+
+    fn object_id(&self) -> Option<&str> {
+        self.data.object.get("id").and_then(Value::as_str)
+    }
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The event id was seen before: nothing new.
+    Duplicate,
+    /// Stored, but the type is not one we act on.
+    Unhandled,
+    /// Stored and acted on (which may be "nothing to change": stale, echo).
+    Handled(&'static str),
+}
+
+/// Stores the event and applies its effects in one transaction.
+pub fn apply(
+    conn: &mut PgConnection,
+    event: &Event,
+    raw: &Value,
+    providers: &[Provider],
+) -> Result<Applied, DbError> {
+    let others: Vec<Provider> = providers
+        .iter()
+        .copied()
+        .filter(|p| *p != Provider::Stripe)
+        .collect();
+    conn.transaction(|conn| {
+        let inserted = diesel::insert_into(webhook_events::table)
+            .values((
+                webhook_events::id.eq(&event.id),
+                webhook_events::event_type.eq(&event.kind),
+                webhook_events::created.eq(event.created),
+                webhook_events::object_id.eq(event.object_id()),
+                webhook_events::payload.eq(raw),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        if inserted == 0 {
+            return Ok(Applied::Duplicate);
+        }
+        let kind = event.kind.as_str();
+        let result = match kind {
+            "customer.created" | "customer.updated" => customer_changed(conn, event, &others)?,
+            "customer.deleted" => customer_deleted(conn, event, &others)?,
+            _ if INVOICE_EVENTS.contains(&kind) => invoice_changed(conn, event)?,
+            _ => return Ok(Applied::Unhandled),
+        };
+        Ok(Applied::Handled(result))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct RemoteCustomer {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    metadata: HashMap<String, Value>,
+}
+
+impl RemoteCustomer {
+    fn parse(event: &Event) -> Result<Self, DbError> {
+        serde_json::from_value(event.data.object.clone())
+            .map_err(|e| DbError::Unexpected(anyhow::anyhow!("customer object: {e}")))
+    }
+
+    fn local_id(&self) -> Option<&str> {
+        self.metadata
+            .get("customer_sync_id")
+            .and_then(Value::as_str)
+    }
+
+    fn fields(&self) -> (String, String) {
+        (
+            self.name.clone().unwrap_or_default(),
+            self.email.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// The Stripe link of a Stripe customer id, locked.
+fn link_by_external(conn: &mut PgConnection, stripe_id: &str) -> QueryResult<Option<LinkRow>> {
+    provider_links::table
+        .filter(provider_links::provider.eq(Provider::Stripe.as_str()))
+        .filter(provider_links::external_id.eq(stripe_id))
+        .select(LinkRow::as_select())
+        .for_update()
+        .first(conn)
+        .optional()
+}
+
+/// Finds (or, for the echo of our own create, makes) the link of a Stripe customer.
+fn find_or_link(
+    conn: &mut PgConnection,
+    remote: &RemoteCustomer,
+) -> Result<Option<(CustomerRow, LinkRow)>, DbError> {
+    let customer_id = match link_by_external(conn, &remote.id)? {
+        Some(link) => link.customer_id,
+        None => {
+            let Some(local) = remote.local_id().and_then(|id| CustomerId::parse(id).ok()) else {
+                return Ok(None);
+            };
+            if customers::find(conn, &local)?.is_none() {
+                return Ok(None);
+            }
+            // Our own create's echo, possibly before the consumer recorded the link.
+            crate::db::links::ensure(conn, &local, Provider::Stripe)?;
+            let linked = diesel::update(
+                provider_links::table
+                    .find((local.as_str(), Provider::Stripe.as_str()))
+                    .filter(provider_links::external_id.is_null()),
+            )
+            .set(provider_links::external_id.eq(&remote.id))
+            .execute(conn)?;
+            if linked == 0 {
+                tracing::warn!(
+                    customer_id = %local,
+                    stripe_id = %remote.id,
+                    "a second Stripe customer claims this local id; it is not linked"
+                );
+                return Ok(None);
+            }
+            local.to_string()
+        }
+    };
+    let id = CustomerId::parse(&customer_id).map_err(|e| DbError::Unexpected(e.into()))?;
+    let customer = customers::find_for_update(conn, &id)?
+        .ok_or_else(|| DbError::Unexpected(anyhow::anyhow!("linked customer is missing")))?;
+    let link = provider_links::table
+        .find((customer_id.as_str(), Provider::Stripe.as_str()))
+        .select(LinkRow::as_select())
+        .for_update()
+        .first(conn)?;
+    Ok(Some((customer, link)))
+}
+
+/// Whether `event` is at least as new as the last one applied to this link.
+fn is_current(link: &LinkRow, event: &Event, remote: &RemoteCustomer) -> bool {
+    let Some(last) = link.remote_event_created else {
+        return true;
+    };
+    if event.created != last {
+        return event.created > last;
+    }
+    // A same-second tie: apply only an event whose prior state is the one we hold.
+    if event.kind == "customer.created" {
+        return false;
+    }
+    let previous = event.data.previous_attributes.as_ref();
+    let before = |field: &str, now: &Option<String>| -> Option<String> {
+        match previous.and_then(|p| p.get(field)) {
+            Some(value) => value.as_str().map(str::to_owned),
+            None => now.clone(),
+        }
+    };
+    before("name", &remote.name) == link.remote_name
+        && before("email", &remote.email) == link.remote_email
+}
+
+fn remember_remote(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    event: &Event,
+    remote: &RemoteCustomer,
+    synced_version: Option<i64>,
+) -> QueryResult<()> {
+    diesel::update(provider_links::table.find((customer_id, Provider::Stripe.as_str())))
+        .set((
+            provider_links::remote_event_created.eq(event.created),
+            provider_links::remote_event_id.eq(&event.id),
+            provider_links::remote_name.eq(&remote.name),
+            provider_links::remote_email.eq(&remote.email),
+            provider_links::synced_version.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                &format!("GREATEST(synced_version, {})", synced_version.unwrap_or(0)),
+            )),
+            provider_links::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+fn enqueue_all(
+    conn: &mut PgConnection,
+    customer: &CustomerRow,
+    operation: Operation,
+    providers: &[Provider],
+) -> QueryResult<()> {
+    let id = CustomerId::parse(&customer.id).expect("stored ids are valid");
+    for provider in providers {
+        crate::db::links::ensure(conn, &id, *provider)?;
+        queue::enqueue(conn, *provider, &id, operation, customer.version, None)?;
+    }
+    Ok(())
+}
+
+fn link_invoices(conn: &mut PgConnection, stripe_id: &str, customer_id: &str) -> QueryResult<()> {
+    diesel::update(
+        invoices::table
+            .filter(invoices::stripe_customer_id.eq(stripe_id))
+            .filter(invoices::customer_id.is_null()),
+    )
+    .set(invoices::customer_id.eq(customer_id))
+    .execute(conn)
+    .map(|_| ())
+}
+
+fn customer_changed(
+    conn: &mut PgConnection,
+    event: &Event,
+    others: &[Provider],
+) -> Result<&'static str, DbError> {
+    let remote = RemoteCustomer::parse(event)?;
+    let Some((customer, link)) = find_or_link(conn, &remote)? else {
+        return created_in_stripe(conn, event, &remote, others);
+    };
+    if !is_current(&link, event, &remote) {
+        return Ok("stale");
+    }
+    link_invoices(conn, &remote.id, &customer.id)?;
+    if customer.deleted_at.is_some() {
+        remember_remote(conn, &customer.id, event, &remote, None)?;
+        return Ok("deleted locally");
+    }
+    let (name, email) = remote.fields();
+    if name == customer.name && email == customer.email {
+        // Stripe holds our current state: an echo, or the same change made on both sides.
+        remember_remote(conn, &customer.id, event, &remote, Some(customer.version))?;
+        return Ok("in sync");
+    }
+    if link.synced_version < customer.version {
+        // A newer local change is on its way to Stripe and will overwrite this there.
+        remember_remote(conn, &customer.id, event, &remote, None)?;
+        return Ok("older than a local change");
+    }
+    let id = CustomerId::parse(&customer.id).map_err(|e| DbError::Unexpected(e.into()))?;
+    let updated = customers::update_fields(conn, &id, &name, &email)?;
+    remember_remote(conn, &customer.id, event, &remote, Some(updated.version))?;
+    enqueue_all(conn, &updated, Operation::Update, others)?;
+    Ok("applied")
+}
+
+fn created_in_stripe(
+    conn: &mut PgConnection,
+    event: &Event,
+    remote: &RemoteCustomer,
+    others: &[Provider],
+) -> Result<&'static str, DbError> {
+    let Ok(id) = CustomerId::parse(&remote.id) else {
+        return Ok("unusable id");
+    };
+    if remote.local_id().is_some() {
+        // It names a local customer we do not have (deleted for good, or another install).
+        tracing::warn!(stripe_id = %remote.id, "customer names an unknown customer_sync_id; not imported");
+        return Ok("unknown local id");
+    }
+    let (name, email) = remote.fields();
+    let inserted = diesel::insert_into(customers_table::table)
+        .values((
+            customers_table::id.eq(id.as_str()),
+            customers_table::name.eq(&name),
+            customers_table::email.eq(&email),
+        ))
+        .on_conflict_do_nothing()
+        .returning(CustomerRow::as_returning())
+        .get_result(conn)
+        .optional()?;
+    let Some(customer) = inserted else {
+        return Ok("id taken");
+    };
+    diesel::insert_into(provider_links::table)
+        .values((
+            provider_links::customer_id.eq(&customer.id),
+            provider_links::provider.eq(Provider::Stripe.as_str()),
+            provider_links::external_id.eq(&remote.id),
+        ))
+        .execute(conn)?;
+    remember_remote(conn, &customer.id, event, remote, Some(customer.version))?;
+    link_invoices(conn, &remote.id, &customer.id)?;
+    enqueue_all(conn, &customer, Operation::Create, others)?;
+    Ok("imported")
+}
+
+fn customer_deleted(
+    conn: &mut PgConnection,
+    event: &Event,
+    others: &[Provider],
+) -> Result<&'static str, DbError> {
+    let remote = RemoteCustomer::parse(event)?;
+    let Some((customer, _link)) = find_or_link(conn, &remote)? else {
+        return Ok("unknown customer");
+    };
+    // Deletion is final at Stripe, so it wins whatever the order of arrival.
+    if customer.deleted_at.is_some() {
+        remember_remote(conn, &customer.id, event, &remote, Some(customer.version))?;
+        return Ok("already deleted");
+    }
+    let id = CustomerId::parse(&customer.id).map_err(|e| DbError::Unexpected(e.into()))?;
+    let tombstone = customers::tombstone(conn, &id)?;
+    remember_remote(conn, &customer.id, event, &remote, Some(tombstone.version))?;
+    enqueue_all(conn, &tombstone, Operation::Delete, others)?;
+    Ok("deleted")
+}
+
+#[derive(Debug, Deserialize)]
+struct RemoteInvoice {
+    id: String,
+    #[serde(default)]
+    customer: Option<Value>,
+    #[serde(default)]
+    number: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    amount_due: i64,
+    #[serde(default)]
+    amount_paid: i64,
+    #[serde(default)]
+    amount_remaining: i64,
+    #[serde(default)]
+    total: i64,
+    #[serde(default)]
+    hosted_invoice_url: Option<String>,
+    #[serde(default)]
+    due_date: Option<i64>,
+    #[serde(default)]
+    period_start: Option<i64>,
+    #[serde(default)]
+    period_end: Option<i64>,
+    #[serde(default)]
+    created: i64,
+}
+
+/// How far along its life an invoice status is; terminal statuses rank highest.
+fn status_rank(status: Option<&str>) -> u8 {
+    match status {
+        None | Some("draft") => 0,
+        Some("open") => 1,
+        Some(_) => 2,
+    }
+}
+
+fn invoice_changed(conn: &mut PgConnection, event: &Event) -> Result<&'static str, DbError> {
+    let remote: RemoteInvoice = serde_json::from_value(event.data.object.clone())
+        .map_err(|e| DbError::Unexpected(anyhow::anyhow!("invoice object: {e}")))?;
+    let status = if event.kind == "invoice.deleted" {
+        Some("deleted".to_owned())
+    } else {
+        remote.status.clone()
+    };
+    let existing: Option<(Option<String>, i64)> = invoices::table
+        .find(&remote.id)
+        .select((invoices::status, invoices::last_event_created))
+        .for_update()
+        .first(conn)
+        .optional()?;
+    if let Some((stored, last)) = &existing {
+        let (old, new) = (
+            status_rank(stored.as_deref()),
+            status_rank(status.as_deref()),
+        );
+        let terminal_kept = old == 2 && new < 2;
+        let older = event.created < *last || (event.created == *last && new < old);
+        if terminal_kept || older {
+            return Ok("stale");
+        }
+    }
+    let stripe_customer = match &remote.customer {
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    };
+    let customer_id: Option<String> = match &stripe_customer {
+        Some(stripe_id) => provider_links::table
+            .filter(provider_links::provider.eq(Provider::Stripe.as_str()))
+            .filter(provider_links::external_id.eq(stripe_id))
+            .select(provider_links::customer_id)
+            .first(conn)
+            .optional()?,
+        None => None,
+    };
+    let values = (
+        invoices::id.eq(&remote.id),
+        invoices::customer_id.eq(&customer_id),
+        invoices::stripe_customer_id.eq(&stripe_customer),
+        invoices::number.eq(&remote.number),
+        invoices::status.eq(&status),
+        invoices::currency.eq(remote.currency.clone().unwrap_or_default()),
+        invoices::amount_due.eq(remote.amount_due),
+        invoices::amount_paid.eq(remote.amount_paid),
+        invoices::amount_remaining.eq(remote.amount_remaining),
+        invoices::total.eq(remote.total),
+        invoices::hosted_invoice_url.eq(&remote.hosted_invoice_url),
+        invoices::due_date.eq(remote.due_date),
+        invoices::period_start.eq(remote.period_start),
+        invoices::period_end.eq(remote.period_end),
+        invoices::created.eq(remote.created),
+        invoices::last_event_created.eq(event.created),
+    );
+    diesel::insert_into(invoices::table)
+        .values(values.clone())
+        .on_conflict(invoices::id)
+        .do_update()
+        .set((values, invoices::updated_at.eq(diesel::dsl::now)))
+        .execute(conn)?;
+    Ok("invoice stored")
+}
