@@ -7,7 +7,7 @@ use shared::db::customers::CustomerFilter;
 use shared::domain::{CustomerId, CustomerName, Email};
 use tracing_actix_web::RequestId;
 
-use super::{page_limit, CustomerResponse, TaskResponse};
+use super::{optional, page_limit, CustomerResponse, TaskResponse};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -124,18 +124,8 @@ pub async fn update(
     request_id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let name = body
-        .name
-        .as_deref()
-        .map(CustomerName::parse)
-        .transpose()
-        .map_err(|e| ApiError::field("name", e))?;
-    let email = body
-        .email
-        .as_deref()
-        .map(Email::parse)
-        .transpose()
-        .map_err(|e| ApiError::field("email", e))?;
+    let name = optional("name", body.name.as_deref(), CustomerName::parse)?;
+    let email = optional("email", body.email.as_deref(), Email::parse)?;
     let origin = origin(request_id);
     let providers = state.providers.clone();
     let change = state
@@ -191,18 +181,8 @@ pub async fn list(
     let query = query.into_inner();
     let filter = CustomerFilter {
         limit: page_limit(query.limit)?,
-        after: query
-            .after
-            .as_deref()
-            .map(CustomerId::parse)
-            .transpose()
-            .map_err(|e| ApiError::field("after", e))?,
-        email: query
-            .email
-            .as_deref()
-            .map(Email::parse)
-            .transpose()
-            .map_err(|e| ApiError::field("email", e))?,
+        after: optional("after", query.after.as_deref(), CustomerId::parse)?,
+        email: optional("email", query.email.as_deref(), Email::parse)?,
         include_deleted: query.include_deleted,
     };
     let limit = filter.limit as usize;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use shared::db::invoices::{self, InvoiceFilter, InvoiceRow};
 use shared::domain::CustomerId;
 
-use super::page_limit;
+use super::{optional, page_limit};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -119,13 +119,12 @@ pub async fn list(
         }
     }
     let filter = InvoiceFilter {
-        customer_id: query
-            .customer_id
-            .as_deref()
-            .map(CustomerId::parse)
-            .transpose()
-            .map_err(|e| ApiError::field("customer_id", e))?
-            .map(|c| c.to_string()),
+        customer_id: optional(
+            "customer_id",
+            query.customer_id.as_deref(),
+            CustomerId::parse,
+        )?
+        .map(|c| c.to_string()),
         status: query.status,
         after: query.after.as_deref().map(invoice_id).transpose()?,
         limit: page_limit(query.limit)?,

@@ -169,6 +169,18 @@ impl From<TaskRow> for TaskResponse {
     }
 }
 
+/// Parses an optional parameter, naming it in the error.
+pub fn optional<T>(
+    field: &str,
+    value: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, shared::domain::ParseError>,
+) -> Result<Option<T>, ApiError> {
+    value
+        .map(parse)
+        .transpose()
+        .map_err(|e| ApiError::field(field, e))
+}
+
 /// Parses a page size: default 50, 1 to 500.
 pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {

@@ -6,7 +6,7 @@ use shared::db::tasks::{self, TaskFilter};
 use shared::domain::{CustomerId, Provider, TaskId, TaskStatus};
 use shared::queue::{self, RetryError};
 
-use super::{page_limit, TaskResponse};
+use super::{optional, page_limit, TaskResponse};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -62,30 +62,14 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let filter = TaskFilter {
-        status: query
-            .status
-            .as_deref()
-            .map(TaskStatus::parse)
-            .transpose()
-            .map_err(|e| ApiError::field("status", e))?,
-        provider: query
-            .provider
-            .as_deref()
-            .map(Provider::parse)
-            .transpose()
-            .map_err(|e| ApiError::field("provider", e))?,
-        customer_id: query
-            .customer_id
-            .as_deref()
-            .map(CustomerId::parse)
-            .transpose()
-            .map_err(|e| ApiError::field("customer_id", e))?,
-        after: query
-            .after
-            .as_deref()
-            .map(TaskId::parse)
-            .transpose()
-            .map_err(|e| ApiError::field("after", e))?,
+        status: optional("status", query.status.as_deref(), TaskStatus::parse)?,
+        provider: optional("provider", query.provider.as_deref(), Provider::parse)?,
+        customer_id: optional(
+            "customer_id",
+            query.customer_id.as_deref(),
+            CustomerId::parse,
+        )?,
+        after: optional("after", query.after.as_deref(), TaskId::parse)?,
         limit: page_limit(query.limit)?,
     };
     let limit = filter.limit as usize;

@@ -1,0 +1,234 @@
+//! `loadgen`: drives the real release binaries against PostgreSQL and prints one summary
+//! line per scenario plus a JSON line (`--json`).
+//!
+//! Build first: `cargo build --release`, then `target/release/loadgen <scenario>`.
+
+mod stack;
+mod stats;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use stack::Stack;
+use stats::Recorder;
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    about = "customer-sync benchmarks: task API, webhook ingest, end to end, faults"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Task API: creates through POST /api/v1/customers, closed loop (or open loop with --rate)
+    Api {
+        /// Concurrent connections (closed loop)
+        #[arg(long, default_value = "64")]
+        connections: usize,
+        /// Seconds of load
+        #[arg(long, default_value = "10")]
+        duration: u64,
+        /// Requests per second for an open loop instead of a closed one
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// Webhook ingest: distinct pre-signed customer.created events at full speed
+    Webhooks {
+        #[arg(long, default_value = "64")]
+        connections: usize,
+        /// Events to send
+        #[arg(long, default_value = "100000")]
+        events: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Api {
+            connections,
+            duration,
+            rate,
+        } => api(connections, Duration::from_secs(duration), rate).await,
+        Scenario::Webhooks {
+            connections,
+            events,
+        } => webhooks(connections, events).await,
+    }
+}
+
+async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyhow::Result<()> {
+    let stack = Stack::start(true).await?;
+    let client = stack::client(connections);
+    let recorder = Arc::new(Recorder::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let send = {
+        let client = client.clone();
+        let url = format!("{}/api/v1/customers", stack.base_url);
+        let token = stack.token.clone();
+        move |n: u64| {
+            let request = client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({"id": format!("b-{n}"), "name": format!("Bench {n}"), "email": format!("b{n}@example.com")}));
+            async move {
+                let t = Instant::now();
+                let ok = matches!(request.send().await, Ok(r) if r.status().as_u16() == 202);
+                (ok, t.elapsed())
+            }
+        }
+    };
+    let mut workers = Vec::new();
+    match rate {
+        None => {
+            for _ in 0..connections {
+                let (recorder, next, send) = (recorder.clone(), next.clone(), send.clone());
+                workers.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let (ok, latency) = send(n).await;
+                        recorder.record(ok, latency);
+                    }
+                }));
+            }
+        }
+        Some(rate) => {
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let (recorder, send) = (recorder.clone(), send.clone());
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                workers.push(tokio::spawn(async move {
+                    let (ok, latency) = send(n).await;
+                    recorder.record(ok, latency);
+                }));
+            }
+        }
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = started.elapsed();
+    let accepted = recorder.ok();
+    let stored = stack.count("customers")? as u64;
+    let tasks = stack.count("sync_tasks")? as u64;
+    let memory = stack.peak_memory_kib();
+    let summary = recorder.summary(elapsed);
+    let mode = match rate {
+        None => format!("closed loop, {connections} connections"),
+        Some(r) => format!("open loop, {r}/s"),
+    };
+    println!(
+        "task API ({mode}): {:.0} accepted/s, p50 {:.2} ms, p99 {:.2} ms, errors {}, lost {}, duplicated {}, server peak RSS {} KiB",
+        summary.throughput,
+        summary.p50_ms,
+        summary.p99_ms,
+        summary.errors,
+        accepted.saturating_sub(stored.min(tasks)),
+        stored.saturating_sub(accepted),
+        memory.get("server").copied().unwrap_or(0),
+    );
+    println!(
+        "{}",
+        json!({"scenario": "api", "mode": mode, "throughput": summary.throughput, "p50_ms": summary.p50_ms,
+               "p99_ms": summary.p99_ms, "errors": summary.errors, "accepted": accepted, "stored_customers": stored,
+               "stored_tasks": tasks, "peak_rss_kib": memory})
+    );
+    stack.stop();
+    Ok(())
+}
+
+async fn webhooks(connections: usize, events: usize) -> anyhow::Result<()> {
+    let stack = Stack::start(true).await?;
+    let client = stack::client(connections);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    // Signed before the clock starts: the benchmark measures the server, not our HMAC.
+    let signed: Vec<(Vec<u8>, String)> = (0..events)
+        .map(|n| {
+            let body = serde_json::to_vec(&json!({
+                "id": format!("evt_bench_{n}"), "object": "event", "api_version": "2026-10-28.endive",
+                "created": now, "livemode": false, "pending_webhooks": 1, "type": "customer.created",
+                "request": {"id": null, "idempotency_key": null},
+                "data": {"object": {"id": format!("cus_bench{n}"), "object": "customer", "name": format!("Bench {n}"),
+                         "email": format!("w{n}@example.com"), "metadata": {}, "created": now}}
+            }))
+            .expect("serialisable");
+            let signature = server::signature::sign(&stack.webhook_secret, now, &body);
+            (body, signature)
+        })
+        .collect();
+    let signed = Arc::new(signed);
+    let recorder = Arc::new(Recorder::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let url = format!("{}/api/v1/endpoint/stripe", stack.base_url);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (recorder, next, signed, client, url) = (
+            recorder.clone(),
+            next.clone(),
+            signed.clone(),
+            client.clone(),
+            url.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some((body, signature)) = signed.get(n) else {
+                    return;
+                };
+                let t = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("stripe-signature", signature)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let ok = matches!(response, Ok(r) if r.status().as_u16() == 200);
+                recorder.record(ok, t.elapsed());
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = started.elapsed();
+    let stored = stack.count("webhook_events")? as u64;
+    let imported = stack.count("customers")? as u64;
+    let memory = stack.peak_memory_kib();
+    let summary = recorder.summary(elapsed);
+    println!(
+        "webhook ingest ({connections} connections, {events} events): {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, errors {}, lost {}, duplicated {}, server peak RSS {} KiB",
+        summary.throughput,
+        summary.p50_ms,
+        summary.p99_ms,
+        summary.errors,
+        recorder.ok().saturating_sub(stored.min(imported)),
+        stored.saturating_sub(recorder.ok()),
+        memory.get("server").copied().unwrap_or(0),
+    );
+    println!(
+        "{}",
+        json!({"scenario": "webhooks", "throughput": summary.throughput, "p50_ms": summary.p50_ms,
+               "p99_ms": summary.p99_ms, "errors": summary.errors, "stored_events": stored,
+               "imported_customers": imported, "peak_rss_kib": memory})
+    );
+    stack.stop();
+    Ok(())
+}

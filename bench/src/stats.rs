@@ -1,0 +1,48 @@
+//! Latency and outcome counting.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Collects every request's outcome and latency.
+#[derive(Default)]
+pub struct Recorder {
+    samples: Mutex<Vec<(bool, Duration)>>,
+}
+
+/// Throughput and latency of a run.
+pub struct Summary {
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+impl Recorder {
+    pub fn record(&self, ok: bool, latency: Duration) {
+        self.samples.lock().unwrap().push((ok, latency));
+    }
+
+    /// Successful requests.
+    pub fn ok(&self) -> u64 {
+        self.samples.lock().unwrap().iter().filter(|s| s.0).count() as u64
+    }
+
+    pub fn summary(&self, elapsed: Duration) -> Summary {
+        let samples = self.samples.lock().unwrap();
+        let mut latencies: Vec<Duration> = samples.iter().filter(|s| s.0).map(|s| s.1).collect();
+        latencies.sort();
+        let pick = |q: f64| -> f64 {
+            if latencies.is_empty() {
+                return 0.0;
+            }
+            let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[i].as_secs_f64() * 1000.0
+        };
+        Summary {
+            throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            errors: samples.iter().filter(|s| !s.0).count() as u64,
+        }
+    }
+}
