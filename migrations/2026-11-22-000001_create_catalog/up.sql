@@ -50,7 +50,8 @@ CREATE TABLE sync_tasks (
     lease_owner      TEXT,
     lease_expires_at TIMESTAMPTZ,
     last_error       TEXT,
-    idempotency_key  TEXT NOT NULL UNIQUE,
+    -- Derived from the (unique) task id, so it needs no index of its own.
+    idempotency_key  TEXT NOT NULL,
     key_generation   INTEGER NOT NULL DEFAULT 0,
     request_id       TEXT,
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -63,7 +64,8 @@ CREATE INDEX sync_tasks_open_idx ON sync_tasks (provider, customer_id, seq)
 CREATE INDEX sync_tasks_due_idx ON sync_tasks (provider, next_attempt_at)
     WHERE status IN ('pending', 'in_flight');
 CREATE INDEX sync_tasks_customer_idx ON sync_tasks (customer_id, seq);
-CREATE INDEX sync_tasks_status_idx ON sync_tasks (status, seq);
+-- Operators look for dead tasks; pending ones are covered by the partial indexes above.
+CREATE INDEX sync_tasks_dead_idx ON sync_tasks (seq) WHERE status = 'dead';
 
 -- Every verified webhook event once, by Stripe's id.
 CREATE TABLE webhook_events (

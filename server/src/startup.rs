@@ -12,6 +12,7 @@ use shared::domain::Provider;
 use tracing_actix_web::{RequestId, TracingLogger};
 
 use crate::auth::{require_token, ApiToken};
+use crate::batcher::CreateBatcher;
 use crate::publisher::Publisher;
 use crate::routes::webhook::{self, WebhookSettings};
 use crate::routes::{self, customers, health, invoices, tasks};
@@ -24,6 +25,8 @@ pub struct AppState {
     pub providers: Vec<Provider>,
     /// The ZeroMQ publisher.
     pub publisher: Publisher,
+    /// Group commit for creates.
+    pub creates: CreateBatcher,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ impl Application {
             pool: pool.clone(),
             providers: settings.common.enabled_providers(),
             publisher,
+            creates: CreateBatcher::start(pool.clone(), settings.common.enabled_providers()),
         });
         let pool = web::Data::new(pool);
         let token = web::Data::new(ApiToken::new(settings.api_token.as_ref()));

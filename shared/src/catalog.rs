@@ -75,27 +75,142 @@ pub fn create(
             let tasks = queue_tasks(conn, &customer, Operation::Create, providers, origin)?;
             return finish(conn, customer, tasks, true);
         }
-        let existing = customers::find_for_update(conn, &new.id)?
-            .ok_or_else(|| CatalogError::NotFound(new.id.to_string()))?;
-        if existing.deleted_at.is_some() {
-            return Err(CatalogError::Conflict {
-                code: "customer_exists",
-                message: format!(
-                    "customer '{}' existed and was deleted; use another id",
-                    new.id
-                ),
-            });
+        existing_create(conn, new)
+    })
+}
+
+/// The answer to a create whose id is taken: a no-op for the same fields, else a conflict.
+fn existing_create(conn: &mut PgConnection, new: &NewCustomer) -> Result<Change, CatalogError> {
+    let existing = customers::find_for_update(conn, &new.id)?
+        .ok_or_else(|| CatalogError::NotFound(new.id.to_string()))?;
+    if existing.deleted_at.is_some() {
+        return Err(CatalogError::Conflict {
+            code: "customer_exists",
+            message: format!(
+                "customer '{}' existed and was deleted; use another id",
+                new.id
+            ),
+        });
+    }
+    if existing.name != new.name.as_str() || existing.email != new.email.as_str() {
+        return Err(CatalogError::Conflict {
+            code: "customer_exists",
+            message: format!(
+                "customer '{}' already exists with other fields; use PATCH to change it",
+                new.id
+            ),
+        });
+    }
+    finish(conn, existing, Vec::new(), false)
+}
+
+/// Creates many customers in one transaction with a handful of statements (group commit):
+/// the same answers as [`create`] for each, in order.
+pub fn create_batch(
+    conn: &mut PgConnection,
+    batch: &[(NewCustomer, Origin)],
+    providers: &[Provider],
+) -> Result<Vec<Result<Change, CatalogError>>, DbError> {
+    use crate::db::schema::{customers as c, provider_links as l, sync_tasks as t};
+    conn.transaction(|conn| {
+        let rows: Vec<_> = batch
+            .iter()
+            .map(|(new, _)| {
+                (
+                    c::id.eq(new.id.as_str()),
+                    c::name.eq(new.name.as_str()),
+                    c::email.eq(new.email.as_str()),
+                )
+            })
+            .collect();
+        let inserted: Vec<CustomerRow> = diesel::insert_into(c::table)
+            .values(&rows)
+            .on_conflict_do_nothing()
+            .returning(CustomerRow::as_returning())
+            .get_results(conn)?;
+        let mut fresh: std::collections::HashMap<String, CustomerRow> = inserted
+            .into_iter()
+            .map(|row| (row.id.clone(), row))
+            .collect();
+        // Which item created each row (the first with that id), in request order.
+        let mut created: Vec<Option<CustomerRow>> = batch
+            .iter()
+            .map(|(new, _)| fresh.remove(new.id.as_str()))
+            .collect();
+        let link_rows: Vec<_> = created
+            .iter()
+            .flatten()
+            .flat_map(|row| {
+                providers.iter().map(move |p| {
+                    (
+                        l::customer_id.eq(row.id.clone()),
+                        l::provider.eq(p.as_str()),
+                    )
+                })
+            })
+            .collect();
+        let mut task_rows_by_customer: std::collections::HashMap<String, Vec<TaskRow>> =
+            Default::default();
+        if !link_rows.is_empty() {
+            diesel::insert_into(l::table)
+                .values(&link_rows)
+                .on_conflict_do_nothing()
+                .execute(conn)?;
+            let new_tasks: Vec<_> = batch
+                .iter()
+                .zip(&created)
+                .filter_map(|((_, origin), row)| row.as_ref().map(|row| (origin, row)))
+                .flat_map(|(origin, row)| {
+                    providers.iter().map(move |p| {
+                        let id = crate::domain::TaskId::generate();
+                        (
+                            t::id.eq(id.as_uuid()),
+                            t::provider.eq(p.as_str()),
+                            t::customer_id.eq(row.id.clone()),
+                            t::operation.eq(Operation::Create.as_str()),
+                            t::version.eq(row.version),
+                            t::idempotency_key.eq(queue::key_for(id)),
+                            t::request_id.eq(origin.request_id.clone()),
+                        )
+                    })
+                })
+                .collect();
+            let tasks: Vec<TaskRow> = diesel::insert_into(t::table)
+                .values(&new_tasks)
+                .returning(TaskRow::as_returning())
+                .get_results(conn)?;
+            for task in tasks {
+                task_rows_by_customer
+                    .entry(task.customer_id.clone())
+                    .or_default()
+                    .push(task);
+            }
         }
-        if existing.name != new.name.as_str() || existing.email != new.email.as_str() {
-            return Err(CatalogError::Conflict {
-                code: "customer_exists",
-                message: format!(
-                    "customer '{}' already exists with other fields; use PATCH to change it",
-                    new.id
-                ),
-            });
+        let ids: Vec<String> = created.iter().flatten().map(|r| r.id.clone()).collect();
+        let links = links::for_customers(conn, &ids)?;
+        let mut answers = Vec::with_capacity(batch.len());
+        for ((new, _), row) in batch.iter().zip(created.iter_mut()) {
+            let answer = match row.take() {
+                Some(customer) => Ok(Change {
+                    links: links
+                        .iter()
+                        .filter(|l| l.customer_id == customer.id)
+                        .cloned()
+                        .collect(),
+                    tasks: task_rows_by_customer
+                        .remove(&customer.id)
+                        .unwrap_or_default(),
+                    customer,
+                    changed: true,
+                }),
+                None => match existing_create(conn, new) {
+                    Err(CatalogError::Db(e)) => return Err(e),
+                    other => other,
+                },
+            };
+            answers.push(answer);
         }
-        finish(conn, existing, Vec::new(), false)
+        Ok(answers)
     })
 }
 

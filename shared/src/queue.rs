@@ -24,8 +24,7 @@ pub fn enqueue(
             sync_tasks::customer_id.eq(customer.as_str()),
             sync_tasks::operation.eq(operation.as_str()),
             sync_tasks::version.eq(version),
-            // Stable per task, so every retry of the same call is recognised by Stripe.
-            sync_tasks::idempotency_key.eq(format!("customer-sync-{id}")),
+            sync_tasks::idempotency_key.eq(key_for(id)),
             sync_tasks::request_id.eq(request_id),
         ))
         .returning(TaskRow::as_returning())
@@ -229,6 +228,12 @@ pub fn retry_dead(conn: &mut PgConnection, id: TaskId) -> Result<TaskRow, RetryE
             None => Err(RetryError::NotFound(id)),
         },
     }
+}
+
+/// A task's base idempotency key: stable per task, so every retry of the same call is
+/// recognised by Stripe.
+pub fn key_for(id: TaskId) -> String {
+    format!("customer-sync-{id}")
 }
 
 /// The idempotency key for the task's current generation.

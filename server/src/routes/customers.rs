@@ -106,11 +106,7 @@ pub async fn create(
             .map_err(|e| ApiError::field("email", e))?,
     };
     tracing::Span::current().record("customer_id", new.id.as_str());
-    let origin = origin(request_id);
-    let providers = state.providers.clone();
-    let change = state
-        .db(move |conn| Ok(catalog::create(conn, &new, &providers, &origin)))
-        .await??;
+    let change = state.creates.create(new, origin(request_id)).await?;
     state.publish(&change.tasks);
     Ok(respond(change))
 }
