@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod rate_limit;
+pub mod salesforce;
 pub mod startup;
 pub mod stripe;
 pub mod subscriber;

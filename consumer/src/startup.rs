@@ -11,6 +11,7 @@ use shared::db;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::rate_limit::RateLimiter;
+use crate::salesforce::SalesforceClient;
 use crate::stripe::StripeClient;
 use crate::subscriber;
 use crate::worker::Worker;
@@ -37,6 +38,10 @@ impl Consumer {
             Some(stripe) => Some(StripeClient::new(stripe)?),
             None => None,
         };
+        let salesforce = match &settings.common.salesforce {
+            Some(salesforce) => Some(SalesforceClient::new(salesforce)?),
+            None => None,
+        };
         let owner = format!(
             "{}-{}-{}",
             hostname(),
@@ -47,6 +52,7 @@ impl Consumer {
             pool,
             owner,
             stripe,
+            salesforce,
             stripe_limiter: RateLimiter::new(settings.stripe_max_rps),
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             concurrency: settings.concurrency,

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::backoff;
 use crate::rate_limit::RateLimiter;
+use crate::salesforce::{SalesforceClient, SalesforceError};
 use crate::stripe::{Next, StripeClient, StripeError};
 
 /// What became of one execution.
@@ -33,6 +34,20 @@ pub enum Outcome {
     },
     /// Will never work as is.
     Dead(String),
+}
+
+impl From<SalesforceError> for Outcome {
+    fn from(e: SalesforceError) -> Self {
+        if e.retryable() {
+            Outcome::Retry {
+                retry_after: e.retry_after(),
+                error: e.to_string(),
+                new_key: false,
+            }
+        } else {
+            Outcome::Dead(e.to_string())
+        }
+    }
 }
 
 impl From<StripeError> for Outcome {
@@ -59,6 +74,7 @@ pub struct Worker {
     /// This process's lease owner name.
     pub owner: String,
     pub stripe: Option<StripeClient>,
+    pub salesforce: Option<SalesforceClient>,
     pub stripe_limiter: RateLimiter,
     pub permits: Arc<Semaphore>,
     pub concurrency: usize,
@@ -163,9 +179,7 @@ impl Worker {
             let started = Instant::now();
             let outcome = match provider {
                 Provider::Stripe => self.execute_stripe(&task).await,
-                Provider::Salesforce => {
-                    Outcome::Dead("the salesforce provider is not available in this version".into())
-                }
+                Provider::Salesforce => self.execute_salesforce(&task).await,
             };
             let elapsed_ms = started.elapsed().as_millis() as u64;
             match &outcome {
@@ -359,6 +373,63 @@ impl Worker {
                     synced_version: customer.version,
                 }
             }
+        }
+    }
+
+    /// One Salesforce task: an upsert by external id is idempotent, so no key is needed.
+    async fn execute_salesforce(&self, task: &TaskRow) -> Outcome {
+        let Some(salesforce) = &self.salesforce else {
+            return Outcome::Dead("Salesforce is not configured in this consumer".into());
+        };
+        let operation = match Operation::parse(&task.operation) {
+            Ok(op) => op,
+            Err(e) => return Outcome::Dead(e.0),
+        };
+        let (customer, link) = match self.read_state(task, Provider::Salesforce).await {
+            Ok(state) => state,
+            Err(e) => {
+                return Outcome::Retry {
+                    error: format!("reading the customer: {e}"),
+                    retry_after: None,
+                    new_key: false,
+                }
+            }
+        };
+        let Some(customer) = customer else {
+            return Outcome::Dead("the local customer does not exist".into());
+        };
+        let synced = link.as_ref().map_or(0, |l| l.synced_version);
+        if synced >= task.version {
+            return Outcome::Done {
+                external_id: None,
+                synced_version: synced,
+            };
+        }
+        let deleted = customer.deleted_at.is_some();
+        match operation {
+            Operation::Create | Operation::Update if deleted => Outcome::Done {
+                external_id: None,
+                synced_version: customer.version - 1,
+            },
+            Operation::Create | Operation::Update => {
+                match salesforce
+                    .upsert_contact(&customer.id, &customer.name, &customer.email)
+                    .await
+                {
+                    Ok(id) => Outcome::Done {
+                        external_id: id,
+                        synced_version: customer.version,
+                    },
+                    Err(e) => e.into(),
+                }
+            }
+            Operation::Delete => match salesforce.delete_contact(&customer.id).await {
+                Ok(()) => Outcome::Done {
+                    external_id: None,
+                    synced_version: customer.version,
+                },
+                Err(e) => e.into(),
+            },
         }
     }
 

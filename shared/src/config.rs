@@ -69,6 +69,16 @@ pub struct CommonArgs {
     /// Salesforce connected app client secret
     #[arg(long, env = "SALESFORCE_CLIENT_SECRET", hide_env_values = true)]
     pub salesforce_client_secret: Option<String>,
+    /// Salesforce REST API version
+    #[arg(long, env = "SALESFORCE_API_VERSION", default_value = "66.0")]
+    pub salesforce_api_version: String,
+    /// Contact field (External ID, Unique) that holds the local customer id
+    #[arg(
+        long,
+        env = "SALESFORCE_EXTERNAL_ID_FIELD",
+        default_value = "Customer_Id__c"
+    )]
+    pub salesforce_external_id_field: String,
     /// Log format: pretty or json (RUST_LOG filters)
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
@@ -101,6 +111,10 @@ pub struct SalesforceSettings {
     pub client_id: SecretString,
     /// OAuth client secret.
     pub client_secret: SecretString,
+    /// REST API version, e.g. `66.0`.
+    pub api_version: String,
+    /// The Contact external-id field holding the local id.
+    pub external_id_field: String,
 }
 
 /// Validated settings shared by the server and the consumers.
@@ -210,11 +224,42 @@ impl TryFrom<CommonArgs> for CommonSettings {
             non_empty(args.salesforce_client_secret),
         ) {
             (None, None, None) => None,
-            (Some(login_url), Some(id), Some(secret)) => Some(SalesforceSettings {
-                login_url: login_url.trim_end_matches('/').to_owned(),
-                client_id: id.into(),
-                client_secret: secret.into(),
-            }),
+            (Some(login_url), Some(id), Some(secret)) => {
+                if !(login_url.starts_with("https://") || login_url.starts_with("http://")) {
+                    return Err(SettingsError::new(
+                        "SALESFORCE_LOGIN_URL",
+                        "must be the org's My Domain URL, e.g. https://acme.my.salesforce.com",
+                    ));
+                }
+                let api_version = args.salesforce_api_version.trim().to_owned();
+                let valid_version = api_version.split_once('.').is_some_and(|(major, minor)| {
+                    major.parse::<u32>().is_ok_and(|m| m >= 46) && minor == "0"
+                });
+                if !valid_version {
+                    return Err(SettingsError::new(
+                        "SALESFORCE_API_VERSION",
+                        "must look like 66.0 (46.0 or later, for upsert results)",
+                    ));
+                }
+                let field = args.salesforce_external_id_field.trim().to_owned();
+                if field.is_empty()
+                    || !field
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(SettingsError::new(
+                        "SALESFORCE_EXTERNAL_ID_FIELD",
+                        "must be a field API name such as Customer_Id__c",
+                    ));
+                }
+                Some(SalesforceSettings {
+                    login_url: login_url.trim_end_matches('/').to_owned(),
+                    client_id: id.into(),
+                    client_secret: secret.into(),
+                    api_version,
+                    external_id_field: field,
+                })
+            }
             (None, _, _) => {
                 return Err(SettingsError::new(
                     "SALESFORCE_LOGIN_URL",

@@ -49,6 +49,8 @@ pub fn salesforce() -> SalesforceSettings {
         login_url: "http://127.0.0.1:9".into(),
         client_id: "id".to_owned().into(),
         client_secret: "secret".to_owned().into(),
+        api_version: "66.0".into(),
+        external_id_field: "Customer_Id__c".into(),
     }
 }
 
