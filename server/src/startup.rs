@@ -88,6 +88,13 @@ impl Application {
         let hooks = web::Data::new(WebhookSettings {
             secrets: settings.webhook_secrets.clone(),
             tolerance_secs: settings.webhook_tolerance.as_secs() as i64,
+            stripe: settings.common.stripe.clone().map(|stripe| {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(10))
+                    .build()
+                    .expect("an HTTP client");
+                (client, stripe)
+            }),
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -116,7 +116,9 @@ pub fn apply(
         }
         let kind = event.kind.as_str();
         let result = match kind {
-            "customer.created" | "customer.updated" => customer_changed(conn, event, &others)?,
+            "customer.created" | "customer.updated" => {
+                customer_changed(conn, event, &others, false)?
+            }
             "customer.deleted" => customer_deleted(conn, event, &others)?,
             _ if INVOICE_EVENTS.contains(&kind) => invoice_changed(conn, event)?,
             _ => return Ok(Applied::Unhandled),
@@ -212,15 +214,8 @@ fn find_or_link(
     Ok(Some((customer, link)))
 }
 
-/// Whether `event` is at least as new as the last one applied to this link.
-fn is_current(link: &LinkRow, event: &Event, remote: &RemoteCustomer) -> bool {
-    let Some(last) = link.remote_event_created else {
-        return true;
-    };
-    if event.created != last {
-        return event.created > last;
-    }
-    // A same-second tie: apply only an event whose prior state is the one we hold.
+/// For a same-second tie: whether the event's prior state is the one we last applied.
+fn follows(link: &LinkRow, event: &Event, remote: &RemoteCustomer) -> bool {
     if event.kind == "customer.created" {
         return false;
     }
@@ -282,17 +277,62 @@ fn link_invoices(conn: &mut PgConnection, stripe_id: &str, customer_id: &str) ->
     .map(|_| ())
 }
 
+/// What [`apply`] answers for a same-second event that does not follow from the state we
+/// hold: neither order can be trusted, so the caller fetches the customer from Stripe and
+/// applies that with [`apply_current_customer`].
+pub const UNDECIDED_TIE: &str = "same-second tie";
+
+/// Applies the customer as Stripe holds it now (fetched to settle a same-second tie).
+pub fn apply_current_customer(
+    conn: &mut PgConnection,
+    object: &Value,
+    created: i64,
+    event_id: &str,
+    providers: &[Provider],
+) -> Result<&'static str, DbError> {
+    let others: Vec<Provider> = providers
+        .iter()
+        .copied()
+        .filter(|p| *p != Provider::Stripe)
+        .collect();
+    let event = Event {
+        id: format!("{event_id}:current"),
+        kind: "customer.updated".into(),
+        created,
+        data: EventData {
+            object: object.clone(),
+            previous_attributes: None,
+        },
+    };
+    if object.get("deleted").and_then(Value::as_bool) == Some(true) {
+        return conn.transaction(|conn| customer_deleted(conn, &event, &others));
+    }
+    conn.transaction(|conn| customer_changed(conn, &event, &others, true))
+}
+
 fn customer_changed(
     conn: &mut PgConnection,
     event: &Event,
     others: &[Provider],
+    current: bool,
 ) -> Result<&'static str, DbError> {
     let remote = RemoteCustomer::parse(event)?;
     let Some((customer, link)) = find_or_link(conn, &remote)? else {
         return created_in_stripe(conn, event, &remote, others);
     };
-    if !is_current(&link, event, &remote) {
-        return Ok("stale");
+    if !current {
+        match link.remote_event_created {
+            Some(last) if event.created < last => return Ok("stale"),
+            Some(last) if event.created == last && !follows(&link, event, &remote) => {
+                // A created event in the same second as a later update is simply older.
+                return Ok(if event.kind == "customer.created" {
+                    "stale"
+                } else {
+                    UNDECIDED_TIE
+                });
+            }
+            _ => {}
+        }
     }
     link_invoices(conn, &remote.id, &customer.id)?;
     if customer.deleted_at.is_some() {

@@ -3,10 +3,14 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
+use shared::config::StripeSettings;
 use shared::db::DbError;
-use shared::inbound::{self, Applied, Event};
+use shared::inbound::{self, Applied, Event, UNDECIDED_TIE};
+
+/// The API version pinned for reads made by the server.
+const STRIPE_VERSION: &str = "2026-10-28.endive";
 
 use crate::error::ApiError;
 use crate::signature::{self, SignatureHeader};
@@ -15,10 +19,32 @@ use crate::startup::AppState;
 /// The largest webhook body accepted.
 pub const WEBHOOK_LIMIT: usize = 1024 * 1024;
 
-/// The secrets deliveries may be signed with, and the timestamp tolerance.
+/// The secrets deliveries may be signed with, the timestamp tolerance, and a Stripe client
+/// to settle same-second ties by reading the customer as Stripe holds it now.
 pub struct WebhookSettings {
     pub secrets: Vec<SecretString>,
     pub tolerance_secs: i64,
+    pub stripe: Option<(reqwest::Client, StripeSettings)>,
+}
+
+/// `GET /v1/customers/{id}` as Stripe holds it now.
+async fn fetch_customer(
+    (client, stripe): &(reqwest::Client, StripeSettings),
+    id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        anyhow::bail!("unexpected Stripe id");
+    }
+    let response = client
+        .get(format!("{}/v1/customers/{id}", stripe.api_base))
+        .bearer_auth(stripe.api_key.expose_secret())
+        .header("Stripe-Version", STRIPE_VERSION)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        anyhow::bail!("Stripe answered {}", response.status());
+    }
+    Ok(response.json().await?)
 }
 
 async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
@@ -80,6 +106,7 @@ pub async fn stripe(
     span.record("event_id", event.id.as_str());
     span.record("event_type", event.kind.as_str());
     let providers = state.providers.clone();
+    let tie_event = event.clone();
     let applied = state
         .db(move |conn| inbound::apply(conn, &event, &raw, &providers))
         .await
@@ -87,11 +114,45 @@ pub async fn stripe(
         .map_err(|e: DbError| {
             ApiError::Unexpected(anyhow::anyhow!(e).context("applying a webhook event"))
         })?;
-    let outcome = match applied {
+    let mut outcome = match applied {
         Applied::Duplicate => "duplicate",
         Applied::Unhandled => "unhandled",
         Applied::Handled(effect) => effect,
     };
+    if outcome == UNDECIDED_TIE {
+        outcome = settle_tie(&state, &hooks, tie_event).await;
+    }
     tracing::info!(outcome, "webhook event received");
     Ok(HttpResponse::Ok().json(json!({"received": true, "outcome": outcome})))
+}
+
+/// Applies the customer as Stripe holds it now; without a Stripe key the tie stays with
+/// the state we hold.
+async fn settle_tie(state: &AppState, hooks: &WebhookSettings, event: Event) -> &'static str {
+    let Some(stripe) = &hooks.stripe else {
+        return "same-second tie kept";
+    };
+    let Some(id) = event.data.object.get("id").and_then(|v| v.as_str()) else {
+        return "same-second tie kept";
+    };
+    let current = match fetch_customer(stripe, id).await {
+        Ok(current) => current,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the customer to settle a same-second tie");
+            return "same-second tie kept";
+        }
+    };
+    let providers = state.providers.clone();
+    let applied = state
+        .db(move |conn| {
+            inbound::apply_current_customer(conn, &current, event.created, &event.id, &providers)
+        })
+        .await;
+    match applied {
+        Ok(_) => "same-second tie settled from Stripe",
+        Err(e) => {
+            tracing::warn!(error = %e, "applying the current customer failed");
+            "same-second tie kept"
+        }
+    }
 }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The README's tour, command for command (tests/tour.rs checks that every curl line of the
+# README's tour is here, and runs this script against a live stack).
+# Usage: TOKEN=... scripts/tour.sh   (API and STRIPE default to cargo run's addresses)
+set -euo pipefail
+: "${TOKEN:?set TOKEN to the API token cargo run printed}"
+API=${API:-http://127.0.0.1:8000/api/v1}
+STRIPE=${STRIPE:-http://127.0.0.1:12111}
+
+# Poll a command until its output contains a string (the sync is asynchronous).
+wait_for() {
+  local needle=$1; shift
+  for _ in $(seq 1 100); do
+    if "$@" | grep -q "$needle"; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for $needle from: $*" >&2
+  return 1
+}
+
+echo "== create"
+curl -s -X POST $API/customers -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+     -d '{"id":"c-1","name":"Ada Lovelace","email":"ada@example.com"}'
+echo
+wait_for '"state":"synced"' curl -s $API/customers/c-1 -H "Authorization: Bearer $TOKEN"
+echo "== links and tasks"
+curl -s $API/customers/c-1 -H "Authorization: Bearer $TOKEN"
+echo
+curl -s "$API/tasks?customer_id=c-1" -H "Authorization: Bearer $TOKEN"
+echo
+echo "== update"
+curl -s -X PATCH $API/customers/c-1 -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+     -d '{"email":"ada@lovelace.org"}'
+echo
+wait_for 'ada@lovelace.org' curl -s "$STRIPE/v1/customers?email=ada@lovelace.org" -u sk_test_tour:
+curl -s "$STRIPE/v1/customers?email=ada@lovelace.org" -u sk_test_tour:
+echo
+echo "== invoice"
+CUS=$(curl -s $API/customers/c-1 -H "Authorization: Bearer $TOKEN" | grep -o '"external_id":"cus_[^"]*"' | cut -d'"' -f4)
+curl -s $STRIPE/v1/invoiceitems -u sk_test_tour: -d customer=$CUS -d amount=4200 -d currency=eur
+echo
+INV=$(curl -s $STRIPE/v1/invoices -u sk_test_tour: -d customer=$CUS | grep -o '"id":"in_[^"]*"' | head -1 | cut -d'"' -f4)
+curl -s -X POST $STRIPE/v1/invoices/$INV/finalize -u sk_test_tour:
+echo
+curl -s -X POST $STRIPE/v1/invoices/$INV/pay -u sk_test_tour:
+echo
+wait_for '"status":"paid"' curl -s "$API/invoices?customer_id=c-1" -H "Authorization: Bearer $TOKEN"
+curl -s "$API/invoices?customer_id=c-1" -H "Authorization: Bearer $TOKEN"
+echo
+echo "== delete"
+curl -s -X DELETE $API/customers/c-1 -H "Authorization: Bearer $TOKEN"
+echo
+wait_for '"deleted":true' curl -s "$STRIPE/v1/customers/$CUS" -u sk_test_tour:
+echo "tour complete"
