@@ -1,1 +1,258 @@
-pub fn placeholder() {}
+//! The sandbox: a faithful in-memory subset of Stripe's API (customers, invoices, invoice
+//! items, events, idempotency keys, signed webhooks), plus Salesforce Contact upserts, for
+//! tests, demos and benchmarks. Start it in-process with [`Sandbox::start`] (port 0 works)
+//! or run the `sandbox` binary.
+
+#![recursion_limit = "256"]
+
+mod api;
+mod config;
+mod error;
+mod form;
+mod routes;
+pub mod salesforce;
+mod store;
+mod webhooks;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+pub use api::RequestRecord;
+pub use config::{random_webhook_secret, Cli, SandboxConfig};
+pub use store::API_VERSION;
+pub use webhooks::signature_header;
+
+use api::{Knobs, Shared};
+use error::ApiError;
+use store::Store;
+
+/// A Stripe customer as the sandbox holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerSnapshot {
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub deleted: bool,
+    pub created: i64,
+}
+
+/// A running sandbox; it stops when dropped or on [`Sandbox::stop`].
+pub struct Sandbox {
+    addr: SocketAddr,
+    webhook_secret: String,
+    shared: Arc<Shared>,
+    salesforce: Arc<salesforce::SalesforceState>,
+    server: actix_web::dev::ServerHandle,
+    deliveries: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sandbox {
+    /// Binds, starts serving on a multi-threaded actix server, and starts webhook delivery.
+    pub async fn start(config: SandboxConfig) -> anyhow::Result<Sandbox> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("binding the sandbox to {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let mut seeds = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let mut rng = || StdRng::from_rng(&mut seeds).expect("a seeded generator");
+
+        let pending = Arc::new(AtomicUsize::new(0));
+        let (outbox, receiver) = match &config.webhook_url {
+            Some(_) => {
+                let (outbox, rx) = webhooks::Outbox::new(config.duplicate_rate, pending.clone());
+                (Some(outbox), Some(rx))
+            }
+            None => (None, None),
+        };
+        let store = Arc::new(Mutex::new(Store::new(rng(), outbox)));
+        let shared = Arc::new(Shared::new(
+            store.clone(),
+            Knobs::new(&config, rng()),
+            pending.clone(),
+        ));
+        let deliveries = match (config.webhook_url.clone(), receiver) {
+            (Some(url), Some(rx)) => {
+                let deliverer = webhooks::Deliverer {
+                    url,
+                    secret: config.webhook_secret.clone(),
+                    shuffle: config.shuffle,
+                    rng: rng(),
+                    pending,
+                    store,
+                };
+                Some(tokio::spawn(deliverer.run(rx)))
+            }
+            _ => None,
+        };
+
+        let salesforce = Arc::new(salesforce::SalesforceState::default());
+        let data = web::Data::new(shared.clone());
+        let salesforce_data = web::Data::new(salesforce.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(salesforce_data.clone())
+                .app_data(web::PayloadConfig::new(1024 * 1024))
+                .configure(salesforce::configure)
+                .default_service(web::to(api::handle))
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        tracing::info!(%addr, webhook_url = ?config.webhook_url, "stripe sandbox listening");
+        Ok(Sandbox {
+            addr,
+            webhook_secret: config.webhook_secret,
+            shared,
+            salesforce,
+            server: handle,
+            deliveries,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the SDKs' `api_base`, our `STRIPE_API_BASE`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The `whsec_` secret webhooks are signed with.
+    pub fn webhook_secret(&self) -> &str {
+        &self.webhook_secret
+    }
+
+    /// Every customer, deleted ones included, oldest first.
+    pub fn customers(&self) -> Vec<CustomerSnapshot> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .customers
+            .order
+            .iter()
+            .filter_map(|id| store.customers.get(id))
+            .map(|c| CustomerSnapshot {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                email: c.email.clone(),
+                metadata: c.metadata.clone(),
+                deleted: c.deleted,
+                created: c.created,
+            })
+            .collect()
+    }
+
+    /// Every invoice as Stripe renders it, oldest first.
+    pub fn invoices(&self) -> Vec<serde_json::Value> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .invoices
+            .order
+            .iter()
+            .filter_map(|id| store.invoices.get(id))
+            .map(|i| i.to_json(&store))
+            .collect()
+    }
+
+    /// Every event, oldest first (`pending_webhooks` is 0 once delivered).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .events
+            .order
+            .iter()
+            .filter_map(|id| store.events.get(id).cloned())
+            .collect()
+    }
+
+    /// Every API request with its answer, oldest first.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// Changes the share of requests failing before execution.
+    pub fn set_fail_rate(&self, rate: f64) {
+        self.shared.knobs.lock().unwrap().fail_rate = rate;
+    }
+
+    /// Changes the share of changes failing after commit.
+    pub fn set_fail_after_commit_rate(&self, rate: f64) {
+        self.shared.knobs.lock().unwrap().fail_after_commit_rate = rate;
+    }
+
+    /// Changes the latency added to every response.
+    pub fn set_latency_ms(&self, latency_ms: u64) {
+        self.shared.knobs.lock().unwrap().latency_ms = latency_ms;
+    }
+
+    /// Answers the next `count` API requests with this Stripe error before anything
+    /// executes (nothing stored under the key); the error type follows the status.
+    pub fn fail_next(&self, status: u16, code: &str, message: &str, count: usize) {
+        let mut knobs = self.shared.knobs.lock().unwrap();
+        for _ in 0..count {
+            knobs
+                .fail_next
+                .push_back(ApiError::injected(status, code, message));
+        }
+    }
+
+    /// The Salesforce org served under `/services/...`.
+    pub fn salesforce(&self) -> &salesforce::SalesforceState {
+        &self.salesforce
+    }
+
+    /// Webhook deliveries queued, in flight or waiting for a retry.
+    pub fn pending_webhooks(&self) -> usize {
+        self.shared.pending_deliveries()
+    }
+
+    /// Waits until no webhook delivery is pending; false on timeout.
+    pub async fn wait_webhooks_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.shared.pending_deliveries() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops serving (finishing requests under way) and stops webhook delivery.
+    pub async fn stop(mut self) {
+        if let Some(deliveries) = self.deliveries.take() {
+            deliveries.abort();
+        }
+        self.server.stop(true).await;
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(deliveries) = self.deliveries.take() {
+            deliveries.abort();
+        }
+        // Sends the stop command at once; the returned future only waits for completion.
+        drop(self.server.stop(false));
+    }
+}

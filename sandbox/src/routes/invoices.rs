@@ -1,0 +1,490 @@
+//! `/v1/invoiceitems` and `/v1/invoices`: enough of Stripe's invoicing to drive an invoice
+//! catalogue, with its status transitions (draft → open → paid | void | uncollectible,
+//! uncollectible → paid | void) and the events each one emits.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use super::customers::live;
+use super::{apply_metadata, created_filter, metadata_param, nullable, page};
+use crate::error::ApiError;
+use crate::form::Params;
+use crate::store::{now, Cause, Invoice, InvoiceItem, InvoiceStatus, Store};
+
+/// `POST /v1/invoices/{id}/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Finalize,
+    Pay,
+    Void,
+    MarkUncollectible,
+}
+
+impl Action {
+    pub fn parse(segment: &str) -> Option<Self> {
+        Some(match segment {
+            "finalize" => Self::Finalize,
+            "pay" => Self::Pay,
+            "void" => Self::Void,
+            "mark_uncollectible" => Self::MarkUncollectible,
+            _ => return None,
+        })
+    }
+}
+
+fn currency(p: &Params) -> Result<Option<String>, ApiError> {
+    match p.str("currency")? {
+        None => Ok(None),
+        Some(c) if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
+            Ok(Some(c.to_ascii_lowercase()))
+        }
+        Some(c) => Err(ApiError::invalid(format!("Invalid currency: {c}")).param("currency")),
+    }
+}
+
+fn invoice_json(store: &Store, id: &str) -> Value {
+    store.invoices.get(id).expect("exists").to_json(store)
+}
+
+pub fn create_item(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
+    p.allow(&[
+        "customer",
+        "amount",
+        "currency",
+        "description",
+        "invoice",
+        "metadata",
+        "expand",
+    ])?;
+    let customer_id = p.required("customer")?.to_owned();
+    let amount = p
+        .int("amount")?
+        .ok_or_else(|| ApiError::missing_parameter("amount"))?;
+    let currency = currency(p)?.ok_or_else(|| ApiError::missing_parameter("currency"))?;
+    let description = nullable(p, "description")?.flatten();
+    let metadata = metadata_param(p)?;
+    let invoice = p.str("invoice")?.map(str::to_owned);
+
+    live(store, &customer_id, "customer")?;
+    if let Some(invoice_id) = &invoice {
+        let inv = store
+            .invoices
+            .get(invoice_id)
+            .ok_or_else(|| ApiError::no_such("invoice", invoice_id, "invoice"))?;
+        if inv.status != InvoiceStatus::Draft {
+            return Err(ApiError::state(format!(
+                "You can only add invoice items to draft invoices; {invoice_id} is {}.",
+                inv.status.as_str()
+            ))
+            .param("invoice"));
+        }
+        if inv.customer != customer_id {
+            return Err(ApiError::state(format!(
+                "The invoice {invoice_id} belongs to another customer."
+            ))
+            .param("invoice"));
+        }
+        if inv.currency != currency {
+            return Err(ApiError::state(format!(
+                "The currency of the invoice item ({currency}) doesn't match the invoice's \
+                 currency ({}).",
+                inv.currency
+            ))
+            .param("currency"));
+        }
+    }
+    let id = store.id("ii");
+    let mut item = InvoiceItem {
+        id: id.clone(),
+        customer: customer_id.clone(),
+        amount,
+        currency: currency.clone(),
+        description,
+        metadata: BTreeMap::new(),
+        invoice: invoice.clone(),
+        created: now(),
+    };
+    if let Some(update) = metadata {
+        apply_metadata(&mut item.metadata, update)?;
+    }
+    let object = item.to_json();
+    store.invoice_items.insert(id.clone(), item);
+    let customer = store.customers.get_mut(&customer_id).expect("live");
+    customer.currency.get_or_insert(currency);
+    store.emit("invoiceitem.created", object.clone(), None, cause);
+    if let Some(invoice_id) = invoice {
+        let before = invoice_json(store, &invoice_id);
+        store
+            .invoices
+            .get_mut(&invoice_id)
+            .expect("checked")
+            .items
+            .push(id);
+        let after = invoice_json(store, &invoice_id);
+        emit_updated(store, before, after, cause);
+    }
+    Ok(object)
+}
+
+/// `invoice.updated` with the top-level fields that changed as `previous_attributes`.
+fn emit_updated(store: &mut Store, before: Value, after: Value, cause: &Cause) {
+    let mut previous = Map::new();
+    if let (Value::Object(b), Value::Object(a)) = (&before, &after) {
+        for (k, v) in b {
+            if a.get(k) != Some(v) {
+                previous.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if !previous.is_empty() {
+        store.emit(
+            "invoice.updated",
+            after,
+            Some(Value::Object(previous)),
+            cause,
+        );
+    }
+}
+
+pub fn list_items(store: &Store, p: &Params) -> Result<Value, ApiError> {
+    p.allow(&[
+        "customer",
+        "invoice",
+        "pending",
+        "limit",
+        "starting_after",
+        "ending_before",
+        "created",
+        "expand",
+    ])?;
+    let customer = p.str("customer")?;
+    let invoice = p.str("invoice")?;
+    let pending = p.bool("pending")?;
+    let created = created_filter(p)?;
+    let items = store
+        .invoice_items
+        .newest_first()
+        .filter(|i| customer.is_none_or(|c| i.customer == c))
+        .filter(|i| invoice.is_none_or(|inv| i.invoice.as_deref() == Some(inv)))
+        .filter(|i| pending.is_none_or(|pend| pend == i.invoice.is_none()))
+        .filter(|i| created(i.created))
+        .map(InvoiceItem::to_json)
+        .collect();
+    page(items, p, "/v1/invoiceitems", "invoiceitem")
+}
+
+pub fn retrieve_item(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> {
+    p.allow(&["expand"])?;
+    store
+        .invoice_items
+        .get(id)
+        .map(InvoiceItem::to_json)
+        .ok_or_else(|| ApiError::no_such("invoiceitem", id, "id"))
+}
+
+pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
+    p.allow(&[
+        "customer",
+        "auto_advance",
+        "collection_method",
+        "days_until_due",
+        "description",
+        "metadata",
+        "currency",
+        "pending_invoice_items_behavior",
+        "expand",
+    ])?;
+    let customer_id = p.required("customer")?.to_owned();
+    let collection_method = p
+        .one_of(
+            "collection_method",
+            &["charge_automatically", "send_invoice"],
+        )?
+        .unwrap_or_else(|| "charge_automatically".into());
+    let days_until_due = p.int("days_until_due")?;
+    match (collection_method.as_str(), days_until_due) {
+        ("send_invoice", None) => return Err(ApiError::missing_parameter("days_until_due")),
+        ("charge_automatically", Some(_)) => {
+            return Err(ApiError::invalid(
+                "You can only set days_until_due when collection_method is send_invoice.",
+            )
+            .param("days_until_due"))
+        }
+        _ => {}
+    }
+    // Stripe's default since 2022-08-01 is `exclude`: pending items stay pending.
+    let include = p
+        .one_of("pending_invoice_items_behavior", &["include", "exclude"])?
+        .as_deref()
+        == Some("include");
+    let auto_advance = p.bool("auto_advance")?.unwrap_or(false);
+    let description = nullable(p, "description")?.flatten();
+    let metadata = metadata_param(p)?;
+    let currency = currency(p)?;
+
+    let customer = live(store, &customer_id, "customer")?;
+    let currency = currency
+        .or_else(|| customer.currency.clone())
+        .unwrap_or_else(|| "usd".into());
+    let pending: Vec<String> = if include {
+        store
+            .invoice_items
+            .order
+            .iter()
+            .filter_map(|id| store.invoice_items.get(id))
+            .filter(|i| i.customer == customer_id && i.invoice.is_none() && i.currency == currency)
+            .map(|i| i.id.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let id = store.id("in");
+    let mut invoice = Invoice {
+        id: id.clone(),
+        customer: customer_id,
+        created: now(),
+        status: InvoiceStatus::Draft,
+        currency,
+        collection_method,
+        days_until_due,
+        description,
+        metadata: BTreeMap::new(),
+        auto_advance,
+        number: None,
+        items: pending.clone(),
+        amount_paid: 0,
+        attempted: false,
+        finalized_at: None,
+        paid_at: None,
+        voided_at: None,
+        marked_uncollectible_at: None,
+        paid_out_of_band: false,
+    };
+    if let Some(update) = metadata {
+        apply_metadata(&mut invoice.metadata, update)?;
+    }
+    for item in &pending {
+        store.invoice_items.get_mut(item).expect("listed").invoice = Some(id.clone());
+    }
+    store.invoices.insert(id.clone(), invoice);
+    let object = invoice_json(store, &id);
+    store.emit("invoice.created", object.clone(), None, cause);
+    Ok(object)
+}
+
+fn existing<'a>(store: &'a Store, id: &str) -> Result<&'a Invoice, ApiError> {
+    store
+        .invoices
+        .get(id)
+        .ok_or_else(|| ApiError::no_such("invoice", id, "id"))
+}
+
+pub fn retrieve(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> {
+    p.allow(&["expand"])?;
+    existing(store, id)?;
+    Ok(invoice_json(store, id))
+}
+
+pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
+    p.allow(&["description", "metadata", "auto_advance", "expand"])?;
+    let description = nullable(p, "description")?;
+    let metadata = metadata_param(p)?;
+    let auto_advance = p.bool("auto_advance")?;
+    let status = existing(store, id)?.status;
+    if status != InvoiceStatus::Draft && description.is_some() {
+        return Err(ApiError::state(format!(
+            "You can only update the description of a draft invoice; this one is {}.",
+            status.as_str()
+        ))
+        .param("description"));
+    }
+    let before = invoice_json(store, id);
+    let invoice = store.invoices.get_mut(id).expect("exists");
+    let mut updated = invoice.clone();
+    if let Some(update) = metadata {
+        apply_metadata(&mut updated.metadata, update)?;
+    }
+    if let Some(description) = description {
+        updated.description = description;
+    }
+    if let Some(auto_advance) = auto_advance {
+        updated.auto_advance = auto_advance;
+    }
+    *invoice = updated;
+    let after = invoice_json(store, id);
+    emit_updated(store, before, after.clone(), cause);
+    Ok(after)
+}
+
+pub fn delete(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
+    p.allow(&[])?;
+    if existing(store, id)?.status != InvoiceStatus::Draft {
+        return Err(ApiError::state(
+            "You can only delete draft invoices. Void a finalized invoice instead.",
+        ));
+    }
+    let object = invoice_json(store, id);
+    let invoice = store.invoices.by_id.remove(id).expect("exists");
+    store.invoices.order.retain(|i| i != id);
+    for item in invoice.items {
+        if let Some(item) = store.invoice_items.get_mut(&item) {
+            item.invoice = None;
+        }
+    }
+    store.emit("invoice.deleted", object, None, cause);
+    Ok(json!({"id": id, "object": "invoice", "deleted": true}))
+}
+
+/// Finalizes a draft: number, URLs, `finalized_at`; a zero-amount invoice is paid at once.
+fn finalize(store: &mut Store, id: &str, cause: &Cause) {
+    let at = now();
+    let customer_id = store.invoices.get(id).expect("exists").customer.clone();
+    let number = store.customers.get_mut(&customer_id).map(|c| {
+        let number = format!("{}-{:04}", c.invoice_prefix, c.next_invoice_sequence);
+        c.next_invoice_sequence += 1;
+        number
+    });
+    store.invoice_sequence += 1;
+    let invoice = store.invoices.get_mut(id).expect("exists");
+    invoice.status = InvoiceStatus::Open;
+    invoice.finalized_at = Some(at);
+    invoice.number = number;
+    let object = invoice_json(store, id);
+    store.emit("invoice.finalized", object, None, cause);
+    if store.invoices.get(id).expect("exists").amount_due(store) == 0 {
+        mark_paid(store, id, true, cause);
+    }
+}
+
+fn mark_paid(store: &mut Store, id: &str, out_of_band: bool, cause: &Cause) {
+    let due = store.invoices.get(id).expect("exists").amount_due(store);
+    let invoice = store.invoices.get_mut(id).expect("exists");
+    invoice.status = InvoiceStatus::Paid;
+    invoice.amount_paid = due;
+    invoice.paid_at = Some(now());
+    invoice.paid_out_of_band = out_of_band;
+    if !out_of_band {
+        invoice.attempted = true;
+    }
+    let object = invoice_json(store, id);
+    store.emit("invoice.paid", object.clone(), None, cause);
+    if !out_of_band && due > 0 {
+        store.emit("invoice.payment_succeeded", object, None, cause);
+    }
+}
+
+pub fn act(
+    store: &mut Store,
+    id: &str,
+    action: Action,
+    p: &Params,
+    cause: &Cause,
+) -> Result<Value, ApiError> {
+    let out_of_band = match action {
+        Action::Pay => {
+            p.allow(&[
+                "paid_out_of_band",
+                "payment_method",
+                "source",
+                "forgive",
+                "off_session",
+                "expand",
+            ])?;
+            p.bool("paid_out_of_band")?.unwrap_or(false)
+        }
+        Action::Finalize => {
+            p.allow(&["auto_advance", "expand"])?;
+            false
+        }
+        Action::Void | Action::MarkUncollectible => {
+            p.allow(&["expand"])?;
+            false
+        }
+    };
+    let status = existing(store, id)?.status;
+    use InvoiceStatus::*;
+    match (action, status) {
+        (Action::Finalize, Draft) => finalize(store, id, cause),
+        (Action::Finalize, _) => {
+            return Err(ApiError::state(
+                "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
+            ))
+        }
+        (Action::Pay, Draft) => {
+            // Paying a draft finalizes it first, as Stripe does.
+            finalize(store, id, cause);
+            if existing(store, id)?.status == Open {
+                mark_paid(store, id, out_of_band, cause);
+            }
+        }
+        (Action::Pay, Open | Uncollectible) => mark_paid(store, id, out_of_band, cause),
+        (Action::Pay, Paid) => return Err(ApiError::state("Invoice is already paid")),
+        (Action::Pay, Void) => {
+            return Err(ApiError::state(
+                "This invoice has been voided and can no longer be paid.",
+            ))
+        }
+        (Action::Void, Open | Uncollectible) => {
+            store.invoices.get_mut(id).expect("exists").status = Void;
+            store.invoices.get_mut(id).expect("exists").voided_at = Some(now());
+            let object = invoice_json(store, id);
+            store.emit("invoice.voided", object, None, cause);
+        }
+        (Action::Void, Draft) => {
+            return Err(ApiError::state(
+                "You can't void a draft invoice. Delete it instead.",
+            ))
+        }
+        (Action::Void, _) => {
+            return Err(ApiError::state(format!(
+                "You can only void an open or uncollectible invoice; this one is {}.",
+                status.as_str()
+            )))
+        }
+        (Action::MarkUncollectible, Open) => {
+            let invoice = store.invoices.get_mut(id).expect("exists");
+            invoice.status = Uncollectible;
+            invoice.marked_uncollectible_at = Some(now());
+            let object = invoice_json(store, id);
+            store.emit("invoice.marked_uncollectible", object, None, cause);
+        }
+        (Action::MarkUncollectible, _) => {
+            return Err(ApiError::state(format!(
+                "You can only mark an open invoice as uncollectible; this one is {}.",
+                status.as_str()
+            )))
+        }
+    }
+    Ok(invoice_json(store, id))
+}
+
+pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
+    p.allow(&[
+        "customer",
+        "status",
+        "collection_method",
+        "limit",
+        "starting_after",
+        "ending_before",
+        "created",
+        "expand",
+    ])?;
+    let customer = p.str("customer")?;
+    let status = p.one_of(
+        "status",
+        &["draft", "open", "paid", "uncollectible", "void"],
+    )?;
+    let method = p.str("collection_method")?;
+    let created = created_filter(p)?;
+    let items = store
+        .invoices
+        .newest_first()
+        .filter(|i| customer.is_none_or(|c| i.customer == c))
+        .filter(|i| status.as_deref().is_none_or(|s| i.status.as_str() == s))
+        .filter(|i| method.is_none_or(|m| i.collection_method == m))
+        .filter(|i| created(i.created))
+        .map(|i| i.to_json(store))
+        .collect();
+    page(items, p, "/v1/invoices", "invoice")
+}

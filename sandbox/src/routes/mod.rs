@@ -1,0 +1,263 @@
+//! Stripe's endpoints: one module per resource; each handler validates its parameters first
+//! (errors not stored under an idempotency key), then executes against the store.
+
+mod customers;
+mod events;
+mod invoices;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::form::{Param, Params};
+use crate::store::{Cause, Store};
+
+/// A recognised endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    CreateCustomer,
+    ListCustomers,
+    RetrieveCustomer(String),
+    UpdateCustomer(String),
+    DeleteCustomer(String),
+    CreateInvoiceItem,
+    ListInvoiceItems,
+    RetrieveInvoiceItem(String),
+    CreateInvoice,
+    ListInvoices,
+    RetrieveInvoice(String),
+    UpdateInvoice(String),
+    DeleteInvoice(String),
+    InvoiceAction(String, invoices::Action),
+    ListEvents,
+    RetrieveEvent(String),
+}
+
+impl Route {
+    /// Matches a method and path; `None` is Stripe's "Unrecognized request URL".
+    pub fn recognise(method: &str, path: &str) -> Option<Self> {
+        let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let id = |s: &str| s.to_owned();
+        Some(match (method, parts.as_slice()) {
+            ("POST", ["v1", "customers"]) => Self::CreateCustomer,
+            ("GET", ["v1", "customers"]) => Self::ListCustomers,
+            ("GET", ["v1", "customers", c]) => Self::RetrieveCustomer(id(c)),
+            ("POST", ["v1", "customers", c]) => Self::UpdateCustomer(id(c)),
+            ("DELETE", ["v1", "customers", c]) => Self::DeleteCustomer(id(c)),
+            ("POST", ["v1", "invoiceitems"]) => Self::CreateInvoiceItem,
+            ("GET", ["v1", "invoiceitems"]) => Self::ListInvoiceItems,
+            ("GET", ["v1", "invoiceitems", i]) => Self::RetrieveInvoiceItem(id(i)),
+            ("POST", ["v1", "invoices"]) => Self::CreateInvoice,
+            ("GET", ["v1", "invoices"]) => Self::ListInvoices,
+            ("GET", ["v1", "invoices", i]) => Self::RetrieveInvoice(id(i)),
+            ("POST", ["v1", "invoices", i]) => Self::UpdateInvoice(id(i)),
+            ("DELETE", ["v1", "invoices", i]) => Self::DeleteInvoice(id(i)),
+            ("POST", ["v1", "invoices", i, action]) => {
+                Self::InvoiceAction(id(i), invoices::Action::parse(action)?)
+            }
+            ("GET", ["v1", "events"]) => Self::ListEvents,
+            ("GET", ["v1", "events", e]) => Self::RetrieveEvent(id(e)),
+            _ => return None,
+        })
+    }
+
+    /// Whether the endpoint changes anything (and so may fail after committing).
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            Self::ListCustomers
+                | Self::RetrieveCustomer(_)
+                | Self::ListInvoiceItems
+                | Self::RetrieveInvoiceItem(_)
+                | Self::ListInvoices
+                | Self::RetrieveInvoice(_)
+                | Self::ListEvents
+                | Self::RetrieveEvent(_)
+        )
+    }
+
+    /// Runs the endpoint: the body of a 200, or an error.
+    pub fn execute(&self, store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
+        match self {
+            Self::CreateCustomer => customers::create(store, p, cause),
+            Self::ListCustomers => customers::list(store, p),
+            Self::RetrieveCustomer(id) => customers::retrieve(store, id, p),
+            Self::UpdateCustomer(id) => customers::update(store, id, p, cause),
+            Self::DeleteCustomer(id) => customers::delete(store, id, p, cause),
+            Self::CreateInvoiceItem => invoices::create_item(store, p, cause),
+            Self::ListInvoiceItems => invoices::list_items(store, p),
+            Self::RetrieveInvoiceItem(id) => invoices::retrieve_item(store, id, p),
+            Self::CreateInvoice => invoices::create(store, p, cause),
+            Self::ListInvoices => invoices::list(store, p),
+            Self::RetrieveInvoice(id) => invoices::retrieve(store, id, p),
+            Self::UpdateInvoice(id) => invoices::update(store, id, p, cause),
+            Self::DeleteInvoice(id) => invoices::delete(store, id, p, cause),
+            Self::InvoiceAction(id, action) => invoices::act(store, id, *action, p, cause),
+            Self::ListEvents => events::list(store, p),
+            Self::RetrieveEvent(id) => events::retrieve(store, id, p),
+        }
+    }
+}
+
+/// One page of a newest-first list in Stripe's shape `{object, data, has_more, url}`.
+pub fn page(items: Vec<Value>, p: &Params, url: &str, resource: &str) -> Result<Value, ApiError> {
+    let limit = match p.int("limit")? {
+        None => 10,
+        Some(n @ 1..=100) => n as usize,
+        Some(_) => {
+            return Err(
+                ApiError::invalid("Invalid limit: must be an integer between 1 and 100")
+                    .param("limit"),
+            )
+        }
+    };
+    let position = |param: &str| -> Result<Option<usize>, ApiError> {
+        match p.str(param)? {
+            None => Ok(None),
+            Some(cursor) => items
+                .iter()
+                .position(|v| v["id"] == cursor)
+                .map(Some)
+                .ok_or_else(|| ApiError::no_such(resource, cursor, param)),
+        }
+    };
+    let (data, has_more) = match (position("starting_after")?, position("ending_before")?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "You may only specify one of these parameters: starting_after, ending_before.",
+            ))
+        }
+        (Some(after), None) => {
+            let rest = &items[after + 1..];
+            (
+                rest.iter().take(limit).cloned().collect(),
+                rest.len() > limit,
+            )
+        }
+        (None, Some(before)) => {
+            let start = before.saturating_sub(limit);
+            (items[start..before].to_vec(), start > 0)
+        }
+        (None, None) => (
+            items.iter().take(limit).cloned().collect(),
+            items.len() > limit,
+        ),
+    };
+    Ok(json!({"object": "list", "data": data, "has_more": has_more, "url": url}))
+}
+
+/// The `created` filter: `created=N` or `created[gt|gte|lt|lte]=N`.
+pub fn created_filter(p: &Params) -> Result<impl Fn(i64) -> bool, ApiError> {
+    let invalid = |v: &str| {
+        ApiError::invalid(format!("Invalid integer: {v}"))
+            .code("parameter_invalid_integer")
+            .param("created")
+    };
+    let mut bounds: Vec<(String, i64)> = Vec::new();
+    match p.get("created") {
+        None => {}
+        Some(Param::Value(v)) => bounds.push(("eq".into(), v.parse().map_err(|_| invalid(v))?)),
+        Some(Param::Hash(ops)) => {
+            for (op, v) in ops {
+                let Param::Value(v) = v else {
+                    return Err(invalid("{...}"));
+                };
+                if !["gt", "gte", "lt", "lte"].contains(&op.as_str()) {
+                    return Err(ApiError::unknown_parameter(&format!("created[{op}]")));
+                }
+                bounds.push((op.clone(), v.parse().map_err(|_| invalid(v))?));
+            }
+        }
+    }
+    Ok(move |t: i64| {
+        bounds.iter().all(|(op, n)| match op.as_str() {
+            "eq" => t == *n,
+            "gt" => t > *n,
+            "gte" => t >= *n,
+            "lt" => t < *n,
+            _ => t <= *n,
+        })
+    })
+}
+
+/// A metadata change: `metadata=` clears every key, `metadata[k]=` removes one.
+pub enum MetadataUpdate {
+    ClearAll,
+    Keys(BTreeMap<String, Option<String>>),
+}
+
+/// Validates `metadata` against Stripe's limits (50 keys, 40-char keys, 500-char values).
+pub fn metadata_param(p: &Params) -> Result<Option<MetadataUpdate>, ApiError> {
+    match p.get("metadata") {
+        None => Ok(None),
+        Some(Param::Value(v)) if v.is_empty() => Ok(Some(MetadataUpdate::ClearAll)),
+        Some(Param::Value(_)) => Err(ApiError::invalid("Invalid object").param("metadata")),
+        Some(Param::Hash(map)) => {
+            let mut keys = BTreeMap::new();
+            for (k, v) in map {
+                let Param::Value(v) = v else {
+                    return Err(ApiError::invalid(format!(
+                        "Invalid value for metadata[{k}]: nested objects are not allowed"
+                    ))
+                    .param(&format!("metadata[{k}]")));
+                };
+                if k.chars().count() > 40 {
+                    return Err(ApiError::invalid(format!(
+                        "Metadata keys can have up to 40 characters. You passed in a key \
+                         with {} characters.",
+                        k.chars().count()
+                    ))
+                    .param(&format!("metadata[{k}]")));
+                }
+                if v.chars().count() > 500 {
+                    return Err(ApiError::invalid(
+                        "Metadata values can have up to 500 characters.",
+                    )
+                    .param(&format!("metadata[{k}]")));
+                }
+                keys.insert(k.clone(), (!v.is_empty()).then(|| v.clone()));
+            }
+            Ok(Some(MetadataUpdate::Keys(keys)))
+        }
+    }
+}
+
+/// Applies a metadata change; returns the `previous_attributes.metadata` entries (old values
+/// of changed keys, null for added ones), or an error past 50 keys.
+pub fn apply_metadata(
+    metadata: &mut BTreeMap<String, String>,
+    update: MetadataUpdate,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let mut next = metadata.clone();
+    match update {
+        MetadataUpdate::ClearAll => next.clear(),
+        MetadataUpdate::Keys(keys) => {
+            for (k, v) in keys {
+                match v {
+                    Some(v) => next.insert(k, v),
+                    None => next.remove(&k),
+                };
+            }
+        }
+    }
+    if next.len() > 50 {
+        return Err(ApiError::invalid(
+            "You can have up to 50 metadata keys. Remove some keys before adding more.",
+        )
+        .param("metadata"));
+    }
+    let mut previous = serde_json::Map::new();
+    for k in metadata.keys().chain(next.keys()) {
+        if metadata.get(k) != next.get(k) {
+            previous.insert(k.clone(), json!(metadata.get(k)));
+        }
+    }
+    *metadata = next;
+    Ok(previous)
+}
+
+/// A nullable string parameter: absent is `None`, empty unsets (`Some(None)`).
+pub fn nullable(p: &Params, name: &str) -> Result<Option<Option<String>>, ApiError> {
+    Ok(p.str(name)?.map(|v| (!v.is_empty()).then(|| v.to_owned())))
+}

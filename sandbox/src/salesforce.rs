@@ -1,0 +1,309 @@
+//! Salesforce mode: a faithful subset of the REST API for Contacts keyed by an external id
+//! (`../shared/reference/salesforce.md`): the client-credentials token endpoint, upsert
+//! (201 created / 200 updated) and delete (204 / 404) by external id, Salesforce's error
+//! arrays, `Sforce-Limit-Info`, and tokens that can be expired on demand.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+/// The client id and secret the sandbox accepts.
+pub const CLIENT_ID: &str = "sandbox-client-id";
+/// The client secret the sandbox accepts.
+pub const CLIENT_SECRET: &str = "sandbox-client-secret";
+
+/// A Contact as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// Salesforce id (`003...`).
+    pub id: String,
+    /// The external id (our customer id).
+    pub external_id: String,
+    pub first_name: Option<String>,
+    pub last_name: String,
+    pub email: Option<String>,
+    /// In the recycle bin.
+    pub deleted: bool,
+}
+
+/// The Salesforce org's state.
+#[derive(Default)]
+pub struct SalesforceState {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    contacts: BTreeMap<String, Contact>,
+    tokens: HashSet<String>,
+    next_id: u64,
+    api_calls: u64,
+    tokens_issued: u64,
+    fail_next: Vec<(u16, String, String)>,
+    calls: Vec<(String, String, u16)>,
+}
+
+impl SalesforceState {
+    /// Every contact, deleted ones included, in external-id order.
+    pub fn contacts(&self) -> Vec<Contact> {
+        self.inner
+            .lock()
+            .unwrap()
+            .contacts
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Invalidates every issued token: the next call gets 401 `INVALID_SESSION_ID`.
+    pub fn expire_tokens(&self) {
+        self.inner.lock().unwrap().tokens.clear();
+    }
+
+    /// How many tokens were issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.inner.lock().unwrap().tokens_issued
+    }
+
+    /// Answers the next `count` sObject calls with this error instead of executing them.
+    pub fn fail_next(&self, status: u16, code: &str, message: &str, count: usize) {
+        let mut inner = self.inner.lock().unwrap();
+        for _ in 0..count {
+            inner
+                .fail_next
+                .push((status, code.to_owned(), message.to_owned()));
+        }
+    }
+
+    /// (method, path, status) of every sObject call.
+    pub fn calls(&self) -> Vec<(String, String, u16)> {
+        self.inner.lock().unwrap().calls.clone()
+    }
+}
+
+fn errors(status: u16, code: &str, message: &str, fields: &[&str]) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .json(json!([{"message": message, "errorCode": code, "fields": fields}]))
+}
+
+/// Registers the Salesforce routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/services/oauth2/token", web::post().to(token))
+        .route(
+            "/services/data/{version}/sobjects/Contact/{field}/{value}",
+            web::patch().to(upsert),
+        )
+        .route(
+            "/services/data/{version}/sobjects/Contact/{field}/{value}",
+            web::delete().to(delete),
+        );
+}
+
+async fn token(
+    state: web::Data<Arc<SalesforceState>>,
+    req: HttpRequest,
+    form: web::Bytes,
+) -> HttpResponse {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&form).unwrap_or_default();
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    if get("grant_type") != Some("client_credentials") {
+        return HttpResponse::BadRequest().json(
+            json!({"error": "unsupported_grant_type", "error_description": "grant type not supported"}),
+        );
+    }
+    if get("client_id") != Some(CLIENT_ID) || get("client_secret") != Some(CLIENT_SECRET) {
+        return HttpResponse::BadRequest().json(
+            json!({"error": "invalid_client", "error_description": "invalid client credentials"}),
+        );
+    }
+    let mut inner = state.inner.lock().unwrap();
+    inner.tokens_issued += 1;
+    let access_token = format!("00Dsandbox!{}", uuid::Uuid::new_v4().simple());
+    inner.tokens.insert(access_token.clone());
+    let instance_url = format!("http://{}", req.connection_info().host().to_owned());
+    let issued_at = chrono::Utc::now().timestamp_millis().to_string();
+    HttpResponse::Ok().json(json!({
+        "access_token": access_token,
+        "instance_url": instance_url,
+        "id": format!("{instance_url}/id/00Dsandbox/005sandbox"),
+        "token_type": "Bearer",
+        "issued_at": issued_at,
+        "signature": "sandbox",
+        "scope": "api"
+    }))
+}
+
+/// Checks the bearer token and the injected failures; `Err` is the response to send.
+#[allow(clippy::result_large_err)] // an early answer, built once per call
+fn admit(state: &SalesforceState, req: &HttpRequest) -> Result<(), HttpResponse> {
+    let mut inner = state.inner.lock().unwrap();
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| inner.tokens.contains(t)) {
+        return Err(errors(
+            401,
+            "INVALID_SESSION_ID",
+            "Session expired or invalid",
+            &[],
+        ));
+    }
+    inner.api_calls += 1;
+    if !inner.fail_next.is_empty() {
+        let (status, code, message) = inner.fail_next.remove(0);
+        return Err(errors(status, &code, &message, &[]));
+    }
+    Ok(())
+}
+
+fn limit_info(state: &SalesforceState) -> String {
+    format!("api-usage={}/15000", state.inner.lock().unwrap().api_calls)
+}
+
+fn record(state: &SalesforceState, req: &HttpRequest, status: u16) {
+    state.inner.lock().unwrap().calls.push((
+        req.method().to_string(),
+        req.path().to_owned(),
+        status,
+    ));
+}
+
+fn with_limit(state: &SalesforceState, req: &HttpRequest, response: HttpResponse) -> HttpResponse {
+    record(state, req, response.status().as_u16());
+    let mut response = response;
+    if let Ok(value) = limit_info(state).parse() {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("sforce-limit-info"),
+            value,
+        );
+    }
+    response
+}
+
+async fn upsert(
+    state: web::Data<Arc<SalesforceState>>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Err(response) = admit(&state, &req) {
+        return with_limit(&state, &req, response);
+    }
+    let (_, _, external_id) = path.into_inner();
+    let fields: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return with_limit(
+                &state,
+                &req,
+                errors(
+                    400,
+                    "JSON_PARSER_ERROR",
+                    "The request body is not a JSON object",
+                    &[],
+                ),
+            )
+        }
+    };
+    let text = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_owned);
+    let last_name = text("LastName").filter(|l| !l.trim().is_empty());
+    let response = {
+        let mut inner = state.inner.lock().unwrap();
+        let existing = inner
+            .contacts
+            .get(&external_id)
+            .filter(|c| !c.deleted)
+            .cloned();
+        match (existing, last_name) {
+            (None, None) => errors(
+                400,
+                "REQUIRED_FIELD_MISSING",
+                "Required fields are missing: [LastName]",
+                &["LastName"],
+            ),
+            (None, Some(last)) => {
+                inner.next_id += 1;
+                let id = format!("003SB{:013}", inner.next_id);
+                inner.contacts.insert(
+                    external_id.clone(),
+                    Contact {
+                        id: id.clone(),
+                        external_id,
+                        first_name: text("FirstName"),
+                        last_name: last,
+                        email: text("Email"),
+                        deleted: false,
+                    },
+                );
+                HttpResponse::Created()
+                    .json(json!({"id": id, "success": true, "errors": [], "created": true}))
+            }
+            (Some(mut contact), last) => {
+                if let Some(last) = last {
+                    contact.last_name = last;
+                } else if fields.get("LastName").is_some() {
+                    return with_limit(
+                        &state,
+                        &req,
+                        errors(
+                            400,
+                            "REQUIRED_FIELD_MISSING",
+                            "Required fields are missing: [LastName]",
+                            &["LastName"],
+                        ),
+                    );
+                }
+                if fields.get("FirstName").is_some() {
+                    contact.first_name = text("FirstName");
+                }
+                if fields.get("Email").is_some() {
+                    contact.email = text("Email");
+                }
+                let id = contact.id.clone();
+                inner.contacts.insert(external_id, contact);
+                HttpResponse::Ok()
+                    .json(json!({"id": id, "success": true, "errors": [], "created": false}))
+            }
+        }
+    };
+    with_limit(&state, &req, response)
+}
+
+async fn delete(
+    state: web::Data<Arc<SalesforceState>>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
+    if let Err(response) = admit(&state, &req) {
+        return with_limit(&state, &req, response);
+    }
+    let (_, _, external_id) = path.into_inner();
+    let response = {
+        let mut inner = state.inner.lock().unwrap();
+        match inner.contacts.get_mut(&external_id) {
+            Some(contact) if contact.deleted => {
+                errors(400, "ENTITY_IS_DELETED", "entity is deleted", &[])
+            }
+            Some(contact) => {
+                contact.deleted = true;
+                HttpResponse::NoContent().finish()
+            }
+            None => errors(
+                404,
+                "NOT_FOUND",
+                "Provided external ID field does not exist or is not accessible",
+                &[],
+            ),
+        }
+    };
+    with_limit(&state, &req, response)
+}

@@ -1,0 +1,241 @@
+use sandbox::SandboxConfig;
+
+use crate::helpers::{fixture, keys, start, Answer, Stripe};
+
+async fn draft_with_amount(stripe: &Stripe, customer: &str, amount: &str) -> Answer {
+    let draft = stripe.post("/v1/invoices", &[("customer", customer)]).await;
+    assert_eq!(draft.status, 200, "{:?}", draft.body);
+    let item = stripe
+        .post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", customer),
+                ("amount", amount),
+                ("currency", "usd"),
+                ("invoice", &draft.id()),
+            ],
+        )
+        .await;
+    assert_eq!(item.status, 200, "{:?}", item.body);
+    stripe.get(&format!("/v1/invoices/{}", draft.id())).await
+}
+
+#[tokio::test]
+async fn an_invoice_goes_from_draft_to_open_to_paid_with_amounts_number_and_timestamps() {
+    let (sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let draft = draft_with_amount(&stripe, &customer, "1500").await;
+    let inv = &draft.body;
+    let fixture_keys = keys(&fixture("invoice.json"));
+    let missing: Vec<_> = fixture_keys
+        .iter()
+        .filter(|k| inv.get(k.as_str()).is_none())
+        .collect();
+    assert!(missing.is_empty(), "missing {missing:?}");
+    assert!(inv["id"].as_str().unwrap().starts_with("in_"));
+    assert_eq!(inv["status"], "draft");
+    assert!(inv["number"].is_null());
+    assert!(inv["hosted_invoice_url"].is_null() && inv["invoice_pdf"].is_null());
+    assert_eq!(
+        (
+            &inv["amount_due"],
+            &inv["amount_paid"],
+            &inv["amount_remaining"],
+            &inv["total"],
+            &inv["subtotal"]
+        ),
+        (
+            &1500.into(),
+            &0.into(),
+            &1500.into(),
+            &1500.into(),
+            &1500.into()
+        )
+    );
+    assert_eq!(inv["customer"], customer.as_str());
+    assert_eq!(inv["customer_email"], "ada@example.com");
+    assert_eq!(inv["lines"]["data"][0]["amount"], 1500);
+
+    let path = format!("/v1/invoices/{}", draft.id());
+    let open = stripe.post(&format!("{path}/finalize"), &[]).await;
+    assert_eq!(open.status, 200);
+    assert_eq!(open.body["status"], "open");
+    assert!(open.body["number"].as_str().unwrap().ends_with("-0001"));
+    assert!(open.body["hosted_invoice_url"].is_string());
+    assert!(open.body["invoice_pdf"].is_string());
+    assert!(open.body["status_transitions"]["finalized_at"].is_i64());
+    assert!(open.body["status_transitions"]["paid_at"].is_null());
+
+    let paid = stripe.post(&format!("{path}/pay"), &[]).await;
+    assert_eq!(paid.body["status"], "paid");
+    assert_eq!(
+        (&paid.body["amount_paid"], &paid.body["amount_remaining"]),
+        (&1500.into(), &0.into())
+    );
+    assert!(paid.body["status_transitions"]["paid_at"].is_i64());
+
+    let types: Vec<String> = sandbox
+        .events()
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("invoice"))
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "invoice.created",
+            "invoiceitem.created",
+            "invoice.updated",
+            "invoice.finalized",
+            "invoice.paid",
+            "invoice.payment_succeeded"
+        ]
+    );
+    let updated = sandbox
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "invoice.updated")
+        .unwrap();
+    assert_eq!(updated["data"]["previous_attributes"]["amount_due"], 0);
+    let paid_event = sandbox
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "invoice.paid")
+        .unwrap();
+    assert_eq!(paid_event["data"]["object"]["status"], "paid");
+    assert_eq!(paid_event["data"]["object"]["amount_remaining"], 0);
+
+    // A second invoice of the customer gets the next number.
+    let second = draft_with_amount(&stripe, &customer, "10").await;
+    let second = stripe
+        .post(&format!("/v1/invoices/{}/finalize", second.id()), &[])
+        .await;
+    assert!(second.body["number"].as_str().unwrap().ends_with("-0002"));
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_refused_and_void_and_uncollectible_work() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let draft = draft_with_amount(&stripe, &customer, "700").await;
+    let path = format!("/v1/invoices/{}", draft.id());
+    let void_draft = stripe.post(&format!("{path}/void"), &[]).await;
+    assert_eq!(void_draft.status, 400);
+    assert_eq!(void_draft.error().0, "invalid_request_error");
+    stripe.post(&format!("{path}/finalize"), &[]).await;
+    assert_eq!(
+        stripe.post(&format!("{path}/finalize"), &[]).await.status,
+        400
+    );
+    assert_eq!(
+        stripe.delete(&path).await.status,
+        400,
+        "only drafts are deleted"
+    );
+    let uncollectible = stripe
+        .post(&format!("{path}/mark_uncollectible"), &[])
+        .await;
+    assert_eq!(uncollectible.body["status"], "uncollectible");
+    assert!(uncollectible.body["status_transitions"]["marked_uncollectible_at"].is_i64());
+    let void = stripe.post(&format!("{path}/void"), &[]).await;
+    assert_eq!(void.body["status"], "void");
+    assert!(void.body["status_transitions"]["voided_at"].is_i64());
+    let pay_void = stripe.post(&format!("{path}/pay"), &[]).await;
+    assert_eq!(pay_void.status, 400);
+    assert_eq!(stripe.post(&format!("{path}/void"), &[]).await.status, 400);
+    assert_eq!(
+        stripe.post("/v1/invoices/in_nope/pay", &[]).await.status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn pending_items_join_an_invoice_only_when_asked_and_a_zero_invoice_is_paid_on_finalize() {
+    let (sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    for amount in ["100", "250"] {
+        let item = stripe
+            .post(
+                "/v1/invoiceitems",
+                &[
+                    ("customer", &customer),
+                    ("amount", amount),
+                    ("currency", "eur"),
+                ],
+            )
+            .await;
+        assert_eq!(item.status, 200, "{:?}", item.body);
+        assert!(item.body["invoice"].is_null());
+    }
+    let excluded = stripe
+        .post("/v1/invoices", &[("customer", &customer)])
+        .await;
+    assert_eq!(
+        excluded.body["amount_due"], 0,
+        "Stripe's default is exclude"
+    );
+    assert_eq!(excluded.body["currency"], "eur", "the customer's currency");
+    let zero = stripe
+        .post(&format!("/v1/invoices/{}/finalize", excluded.id()), &[])
+        .await;
+    assert_eq!(zero.body["status"], "paid");
+    let included = stripe
+        .post(
+            "/v1/invoices",
+            &[
+                ("customer", &customer),
+                ("pending_invoice_items_behavior", "include"),
+            ],
+        )
+        .await;
+    assert_eq!(included.body["amount_due"], 350);
+    assert_eq!(included.body["lines"]["data"].as_array().unwrap().len(), 2);
+    let pending = stripe.get("/v1/invoiceitems?pending=true").await;
+    assert_eq!(pending.body["data"].as_array().unwrap().len(), 0);
+    assert_eq!(sandbox.invoices().len(), 2);
+}
+
+#[tokio::test]
+async fn invoices_list_by_customer_and_status_and_drafts_can_be_deleted() {
+    let (sandbox, stripe) = start(SandboxConfig::default()).await;
+    let ada = stripe.customer("Ada", "ada@example.com").await;
+    let bob = stripe.customer("Bob", "bob@example.com").await;
+    let a1 = draft_with_amount(&stripe, &ada, "100").await.id();
+    let a2 = draft_with_amount(&stripe, &ada, "200").await.id();
+    let b1 = draft_with_amount(&stripe, &bob, "300").await.id();
+    stripe
+        .post(&format!("/v1/invoices/{a2}/finalize"), &[])
+        .await;
+    let ids = |a: Answer| -> Vec<String> {
+        a.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(stripe.get("/v1/invoices").await),
+        [b1.clone(), a2.clone(), a1.clone()]
+    );
+    assert_eq!(
+        ids(stripe.get(&format!("/v1/invoices?customer={ada}")).await),
+        [a2.clone(), a1.clone()]
+    );
+    assert_eq!(ids(stripe.get("/v1/invoices?status=open").await), [a2]);
+    let deleted = stripe.delete(&format!("/v1/invoices/{b1}")).await;
+    assert_eq!(
+        deleted.body,
+        serde_json::json!({"id": b1, "object": "invoice", "deleted": true})
+    );
+    assert_eq!(stripe.get(&format!("/v1/invoices/{b1}")).await.status, 404);
+    assert!(sandbox
+        .events()
+        .iter()
+        .any(|e| e["type"] == "invoice.deleted"));
+    let unknown_customer = stripe
+        .post("/v1/invoices", &[("customer", "cus_nope")])
+        .await;
+    assert_eq!(unknown_customer.status, 404);
+    assert_eq!(unknown_customer.body["error"]["param"], "customer");
+}
