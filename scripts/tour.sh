@@ -39,7 +39,7 @@ echo "== invoice"
 CUS=$(curl -s $API/customers/c-1 -H "Authorization: Bearer $TOKEN" | grep -o '"external_id":"cus_[^"]*"' | cut -d'"' -f4)
 curl -s $STRIPE/v1/invoiceitems -u sk_test_tour: -d customer=$CUS -d amount=4200 -d currency=eur
 echo
-INV=$(curl -s $STRIPE/v1/invoices -u sk_test_tour: -d customer=$CUS | grep -o '"id":"in_[^"]*"' | head -1 | cut -d'"' -f4)
+INV=$(curl -s $STRIPE/v1/invoices -u sk_test_tour: -d customer=$CUS -d pending_invoice_items_behavior=include | grep -o '"id": *"in_[^"]*"' | head -1 | cut -d'"' -f4)
 curl -s -X POST $STRIPE/v1/invoices/$INV/finalize -u sk_test_tour:
 echo
 curl -s -X POST $STRIPE/v1/invoices/$INV/pay -u sk_test_tour:
@@ -50,5 +50,5 @@ echo
 echo "== delete"
 curl -s -X DELETE $API/customers/c-1 -H "Authorization: Bearer $TOKEN"
 echo
-wait_for '"deleted":true' curl -s "$STRIPE/v1/customers/$CUS" -u sk_test_tour:
+wait_for '"deleted": *true' curl -s "$STRIPE/v1/customers/$CUS" -u sk_test_tour:
 echo "tour complete"

@@ -1,0 +1,106 @@
+use sandbox::SandboxConfig;
+use shared::testing::eventually;
+
+use crate::helpers::{stack, WAIT};
+
+/// Every local customer exists exactly once (alive) in the sandbox.
+fn assert_exactly_once(stack: &crate::helpers::Stack, n: usize) {
+    let by_local = stack.sandbox_ids_by_local_id();
+    assert_eq!(by_local.len(), n, "{by_local:?}");
+    let duplicated: Vec<_> = by_local.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(duplicated.is_empty(), "duplicates: {duplicated:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_before_and_after_commit_leave_every_customer_exactly_once() {
+    let stack = stack(SandboxConfig {
+        fail_rate: 0.25,
+        fail_after_commit_rate: 0.25,
+        seed: Some(7),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let consumer = stack.consumer_with(|s| s.max_attempts = 50).await;
+    for i in 0..30 {
+        stack
+            .create(&format!("c-{i}"), "Name", &format!("c{i}@example.com"))
+            .await;
+    }
+    stack.drained(30).await;
+    assert_exactly_once(&stack, 30);
+    let log = stack.sandbox.request_log();
+    assert!(
+        log.iter().any(|r| r.status == 500 && !r.replayed),
+        "the knobs fired"
+    );
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limited_calls_all_complete_and_none_die() {
+    let stack = stack(SandboxConfig {
+        max_rps: Some(20),
+        ..SandboxConfig::default()
+    })
+    .await;
+    // The client-side limit is set above the sandbox's, so 429s must happen and be absorbed.
+    let consumer = stack
+        .consumer_with(|s| {
+            s.stripe_max_rps = 200;
+            s.concurrency = 16;
+        })
+        .await;
+    for i in 0..40 {
+        stack
+            .create(&format!("c-{i}"), "Name", &format!("c{i}@example.com"))
+            .await;
+    }
+    stack.drained(40).await;
+    assert!(
+        stack.sandbox.request_log().iter().any(|r| r.status == 429),
+        "429s happened"
+    );
+    assert_exactly_once(&stack, 40);
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_killed_mid_call_loses_and_duplicates_nothing_after_a_restart() {
+    let stack = stack(SandboxConfig {
+        latency_ms: 150,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let lease = [("CONSUMER_LEASE_SECS", "5"), ("CONSUMER_CONCURRENCY", "8")];
+    let mut first = stack.consumer_process(&lease);
+    for i in 0..40 {
+        stack
+            .create(&format!("c-{i}"), "Name", &format!("c{i}@example.com"))
+            .await;
+    }
+    eventually("some calls to be under way", WAIT, || async {
+        let in_flight = stack
+            .statuses()
+            .iter()
+            .any(|(s, n)| s == "in_flight" && *n > 0);
+        let done = stack
+            .statuses()
+            .iter()
+            .any(|(s, n)| s == "succeeded" && *n >= 3);
+        (in_flight && done).then_some(())
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL: no chance to release anything
+    first.wait().unwrap();
+    let stranded = stack.statuses();
+    assert!(
+        stranded.iter().any(|(s, _)| s != "succeeded"),
+        "{stranded:?}"
+    );
+
+    let mut second = stack.consumer_process(&lease);
+    stack.drained(40).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_exactly_once(&stack, 40);
+}

@@ -1,0 +1,240 @@
+//! The two-way loop end to end: consumer pushes, the sandbox's signed webhooks come back.
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use sandbox::SandboxConfig;
+use serde_json::json;
+use shared::testing::eventually;
+
+use crate::helpers::{stack_with, Stack, WAIT};
+
+async fn linked_stripe_id(stack: &Stack, id: &str) -> String {
+    eventually("the customer to be linked and synced", WAIT, || async {
+        let c = stack.customer(id).await;
+        let link = &c["links"][0];
+        (link["state"] == "synced" && link["external_id"].is_string())
+            .then(|| link["external_id"].as_str().unwrap().to_owned())
+    })
+    .await
+}
+
+async fn quiet(stack: &Stack) {
+    assert!(
+        stack.sandbox.wait_webhooks_idle(WAIT).await,
+        "webhooks drained"
+    );
+    eventually("no task left to run", WAIT, || async {
+        stack
+            .statuses()
+            .iter()
+            .all(|(s, _)| s == "succeeded")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        stack.sandbox.wait_webhooks_idle(WAIT).await,
+        "webhooks drained"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_echo_of_a_local_create_links_it_without_a_new_customer_or_task() {
+    let stack = stack_with(SandboxConfig::default(), true).await;
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "Ada", "ada@example.com").await;
+    linked_stripe_id(&stack, "c-1").await;
+    quiet(&stack).await;
+    let events = stack.count_events("customer.created");
+    assert_eq!(events, 1, "the echo arrived");
+    assert_eq!(
+        stack.local_customers().len(),
+        1,
+        "no customer imported from the echo"
+    );
+    assert_eq!(
+        stack.statuses(),
+        [("succeeded".to_owned(), 1)],
+        "no task from the echo"
+    );
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stripe_side_update_reaches_the_catalog_and_is_not_sent_back() {
+    let stack = stack_with(SandboxConfig::default(), true).await;
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "Ada", "ada@example.com").await;
+    let cus = linked_stripe_id(&stack, "c-1").await;
+    quiet(&stack).await;
+    let calls_before = stack.sandbox.request_log().len();
+    stack
+        .stripe(
+            Method::POST,
+            &format!("/v1/customers/{cus}"),
+            &[("name", "Ada (billing)")],
+        )
+        .await;
+    eventually("the Stripe-side change locally", WAIT, || async {
+        (stack.customer("c-1").await["name"] == "Ada (billing)").then_some(())
+    })
+    .await;
+    quiet(&stack).await;
+    let c = stack.customer("c-1").await;
+    assert_eq!(c["version"], 2);
+    assert_eq!(c["links"][0]["state"], "synced");
+    assert_eq!(
+        stack.statuses(),
+        [("succeeded".to_owned(), 1)],
+        "no task back to Stripe"
+    );
+    assert_eq!(
+        stack.sandbox.request_log().len(),
+        calls_before + 1,
+        "only the Dashboard's call"
+    );
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_update_made_while_an_older_echo_is_in_flight_survives() {
+    let stack = stack_with(
+        SandboxConfig {
+            latency_ms: 30,
+            ..SandboxConfig::default()
+        },
+        true,
+    )
+    .await;
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "v1", "ada@example.com").await;
+    linked_stripe_id(&stack, "c-1").await;
+    stack.patch("c-1", json!({"name": "v2"})).await;
+    stack.patch("c-1", json!({"name": "v3"})).await;
+    quiet(&stack).await;
+    let c = stack.customer("c-1").await;
+    assert_eq!(c["name"], "v3");
+    let remote = stack.sandbox.customers();
+    assert_eq!(remote[0].name.as_deref(), Some("v3"));
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_travel_both_ways() {
+    let stack = stack_with(SandboxConfig::default(), true).await;
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "Ada", "ada@example.com").await;
+    stack.create("c-2", "Bob", "bob@example.com").await;
+    linked_stripe_id(&stack, "c-1").await;
+    let cus2 = linked_stripe_id(&stack, "c-2").await;
+
+    stack.delete("c-1").await;
+    stack
+        .stripe(Method::DELETE, &format!("/v1/customers/{cus2}"), &[])
+        .await;
+    quiet(&stack).await;
+    let remote = stack.sandbox.customers();
+    assert!(remote.iter().all(|c| c.deleted), "{remote:?}");
+    let local = stack.local_customers();
+    assert!(local.iter().all(|c| c.3), "{local:?}");
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_customer_created_in_stripe_is_imported_once() {
+    let stack = stack_with(SandboxConfig::default(), true).await;
+    let consumer = stack.consumer().await;
+    let created = stack
+        .stripe(
+            Method::POST,
+            "/v1/customers",
+            &[("name", "Dash Board"), ("email", "dash@example.com")],
+        )
+        .await;
+    let cus = created["id"].as_str().unwrap().to_owned();
+    eventually("the import", WAIT, || async {
+        (stack.customer(&cus).await["name"] == "Dash Board").then_some(())
+    })
+    .await;
+    quiet(&stack).await;
+    assert_eq!(stack.local_customers().len(), 1);
+    assert_eq!(
+        stack.sandbox.customers().len(),
+        1,
+        "not pushed back as a new customer"
+    );
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_changes_on_both_sides_converge_despite_duplicate_and_shuffled_webhooks() {
+    let stack = stack_with(
+        SandboxConfig {
+            duplicate_rate: 0.3,
+            shuffle: true,
+            seed: Some(42),
+            ..SandboxConfig::default()
+        },
+        true,
+    )
+    .await;
+    let consumer = stack.consumer().await;
+    let n = 30;
+    for i in 0..n {
+        stack
+            .create(
+                &format!("c-{i}"),
+                &format!("n{i}-0"),
+                &format!("c{i}@example.com"),
+            )
+            .await;
+    }
+    let mut stripe_ids = Vec::new();
+    for i in 0..n {
+        stripe_ids.push(linked_stripe_id(&stack, &format!("c-{i}")).await);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for round in 1..=4 {
+        for (i, stripe_id) in stripe_ids.iter().enumerate() {
+            let name = format!("n{i}-{round}");
+            match rng.gen_range(0..3) {
+                0 => {
+                    stack
+                        .patch(&format!("c-{i}"), json!({"name": format!("{name}-local")}))
+                        .await;
+                }
+                1 => {
+                    stack
+                        .stripe(
+                            Method::POST,
+                            &format!("/v1/customers/{stripe_id}"),
+                            &[("name", &format!("{name}-stripe"))],
+                        )
+                        .await;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    quiet(&stack).await;
+    // Let any last echo settle, then compare both sides.
+    quiet(&stack).await;
+    let remote = stack.sandbox.customers();
+    for (id, name, email, deleted) in stack.local_customers() {
+        assert!(!deleted);
+        let cus = stack.customer(&id).await["links"][0]["external_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = remote.iter().find(|c| c.id == cus).unwrap();
+        assert_eq!(
+            (r.name.as_deref(), r.email.as_deref()),
+            (Some(name.as_str()), Some(email.as_str())),
+            "{id}"
+        );
+    }
+    assert_eq!(remote.len(), n, "no duplicate Stripe customers");
+    consumer.shutdown().await;
+}

@@ -1,0 +1,6 @@
+//! Outward sync end to end: the real server, consumers and the sandbox Stripe.
+
+mod faults;
+mod helpers;
+mod inward;
+mod sync;

@@ -1,0 +1,319 @@
+use std::time::Duration;
+
+use sandbox::SandboxConfig;
+use serde_json::json;
+use shared::testing::eventually;
+
+use crate::helpers::{stack, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_update_and_delete_reach_stripe_with_fields_metadata_and_links() {
+    let stack = stack(SandboxConfig::default()).await;
+    let consumer = stack.consumer().await;
+
+    let created = stack.create("c-1", "Ada Lovelace", "ada@example.com").await;
+    let task_id = created["tasks"][0]["id"].as_str().unwrap().to_owned();
+    let customer = eventually("the create to be linked", WAIT, || async {
+        let c = stack.customer("c-1").await;
+        (c["links"][0]["state"] == "synced").then_some(c)
+    })
+    .await;
+    let stripe_id = customer["links"][0]["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(stripe_id.starts_with("cus_"));
+    assert_eq!(customer["links"][0]["synced_version"], 1);
+    let task = stack.task(&task_id).await;
+    assert_eq!(
+        (task["status"].as_str(), task["attempts"].as_i64()),
+        (Some("succeeded"), Some(1))
+    );
+
+    let remote = stack.sandbox.customers();
+    assert_eq!(remote.len(), 1);
+    assert_eq!(remote[0].id, stripe_id);
+    assert_eq!(remote[0].name.as_deref(), Some("Ada Lovelace"));
+    assert_eq!(remote[0].email.as_deref(), Some("ada@example.com"));
+    assert_eq!(
+        remote[0]
+            .metadata
+            .get("customer_sync_id")
+            .map(String::as_str),
+        Some("c-1")
+    );
+
+    stack
+        .patch("c-1", json!({"name": "Ada King", "email": "ada@king.org"}))
+        .await;
+    eventually("the update to reach Stripe", WAIT, || async {
+        let remote = stack.sandbox.customers();
+        (remote[0].name.as_deref() == Some("Ada King")
+            && remote[0].email.as_deref() == Some("ada@king.org"))
+        .then_some(())
+    })
+    .await;
+    eventually("the link to be synced at version 2", WAIT, || async {
+        let c = stack.customer("c-1").await;
+        (c["links"][0]["synced_version"] == 2).then_some(())
+    })
+    .await;
+
+    stack.delete("c-1").await;
+    eventually("the delete to reach Stripe", WAIT, || async {
+        stack.sandbox.customers()[0].deleted.then_some(())
+    })
+    .await;
+    stack.drained(3).await;
+    // Every call carried the pinned version and a stable key per task.
+    let log = stack.sandbox.request_log();
+    let posts: Vec<_> = log.iter().filter(|r| r.method == "POST").collect();
+    assert!(posts.iter().all(|r| r.idempotency_key.is_some()));
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_to_one_customer_arrive_in_the_order_they_were_accepted() {
+    let stack = stack(SandboxConfig::default()).await;
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "v1", "v1@example.com").await;
+    for i in 2..=6 {
+        stack.patch("c-1", json!({"name": format!("v{i}")})).await;
+    }
+    stack.delete("c-1").await;
+    eventually("the delete to reach Stripe", WAIT, || async {
+        stack
+            .sandbox
+            .customers()
+            .first()
+            .filter(|c| c.deleted)
+            .map(|_| ())
+    })
+    .await;
+    let events: Vec<(String, String)> = stack
+        .sandbox
+        .events()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["data"]["object"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events.first().map(|e| e.0.as_str()),
+        Some("customer.created")
+    );
+    assert_eq!(
+        events.last().map(|e| e.0.as_str()),
+        Some("customer.deleted")
+    );
+    // Updates carry the current state, so some may be folded together; never out of order.
+    let versions: Vec<u32> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, name)| name.trim_start_matches('v').parse().unwrap())
+        .collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{events:?}");
+    // An update that runs after the delete was accepted has nothing left to push.
+    assert!(versions.len() >= 2, "{events:?}");
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_consumers_share_the_work_without_duplicate_calls() {
+    for consumers in [2, 3] {
+        let stack = stack(SandboxConfig {
+            latency_ms: 20,
+            ..SandboxConfig::default()
+        })
+        .await;
+        let mut running = Vec::new();
+        for _ in 0..consumers {
+            running.push(stack.consumer_with(|s| s.concurrency = 4).await);
+        }
+        for i in 0..60 {
+            stack
+                .create(&format!("c-{i}"), "Name", &format!("c{i}@example.com"))
+                .await;
+        }
+        stack.drained(60).await;
+        let creates = stack
+            .sandbox
+            .request_log()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/v1/customers")
+            .count();
+        assert_eq!(
+            creates, 60,
+            "{consumers} consumers: one create call per customer"
+        );
+        let by_local = stack.sandbox_ids_by_local_id();
+        assert_eq!(by_local.len(), 60);
+        assert!(by_local.values().all(|ids| ids.len() == 1));
+        let owners = stack.completed_by();
+        assert!(
+            owners.len() >= 2,
+            "{consumers} consumers, work done by {owners:?}"
+        );
+        for consumer in running {
+            consumer.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_accepted_while_no_consumer_listens_complete_once_one_starts() {
+    let stack = stack(SandboxConfig::default()).await;
+    for i in 0..10 {
+        stack
+            .create(&format!("c-{i}"), "Name", &format!("c{i}@example.com"))
+            .await;
+    }
+    assert_eq!(stack.statuses(), [("pending".to_owned(), 10)]);
+    let consumer = stack.consumer().await;
+    stack.drained(10).await;
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweep_completes_tasks_whose_messages_never_arrive() {
+    let stack = stack(SandboxConfig::default()).await;
+    // A consumer subscribed to an endpoint nobody publishes on: only the sweep can find work.
+    let consumer = stack
+        .consumer_with(|s| {
+            s.common.zmq_endpoints = vec!["tcp://127.0.0.1:9".into()];
+            s.sweep_interval = Duration::from_millis(300);
+        })
+        .await;
+    for i in 0..5 {
+        stack
+            .create(&format!("c-{i}"), "Name", &format!("c{i}@example.com"))
+            .await;
+    }
+    stack.drained(5).await;
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stripe_400_kills_the_task_at_once_and_a_retry_after_the_fix_succeeds() {
+    let stack = stack(SandboxConfig::default()).await;
+    let consumer = stack.consumer().await;
+    stack.sandbox.fail_next(
+        400,
+        "parameter_invalid_empty",
+        "You passed an empty string for 'name'.",
+        1,
+    );
+    let created = stack.create("c-1", "Ada", "ada@example.com").await;
+    let task_id = created["tasks"][0]["id"].as_str().unwrap().to_owned();
+    let task = eventually("the task to die", WAIT, || async {
+        let t = stack.task(&task_id).await;
+        (t["status"] == "dead").then_some(t)
+    })
+    .await;
+    assert_eq!(task["attempts"], 1, "a 400 is not retried");
+    assert!(
+        task["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("empty string"),
+        "{task}"
+    );
+    assert_eq!(stack.customer("c-1").await["links"][0]["state"], "dead");
+
+    let response = stack
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/tasks/{task_id}/retry"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    stack.drained(1).await;
+    assert_eq!(stack.sandbox_ids_by_local_id().len(), 1);
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_messages_on_the_topic_are_skipped_without_crashing_the_consumer() {
+    use zeromq::{Socket, SocketSend, ZmqMessage};
+    let stack = stack(SandboxConfig::default()).await;
+    let mut rogue = zeromq::PubSocket::new();
+    let rogue_endpoint = rogue.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut child = stack.consumer_process(&[(
+        "ZMQ_PUB_ENDPOINT",
+        &format!("{rogue_endpoint},{}", stack.zmq_endpoint),
+    )]);
+    let garbage: Vec<Vec<&[u8]>> = vec![
+        vec![b"stripe"],
+        vec![b"stripe", b"not json"],
+        vec![b"stripe", b"{\"task_id\":\"nope\"}"],
+        vec![b"stripe", b"{}", b"extra"],
+        vec![b"stripe", &[0xff, 0xfe, 0x00]],
+        vec![b"stripe", &[b'['; 100_000]],
+    ];
+    // Keep sending until the subscription is surely up (ZeroMQ drops before that).
+    for _ in 0..20 {
+        for frames in &garbage {
+            let mut message = ZmqMessage::from(frames[0].to_vec());
+            for frame in &frames[1..] {
+                message.push_back(frame.to_vec().into());
+            }
+            rogue.send(message).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stack.create("c-1", "Ada", "ada@example.com").await;
+    stack.drained(1).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the consumer is still running"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_provider_call_is_logged_with_the_task_and_request_ids() {
+    use std::io::BufRead;
+    let stack = stack(SandboxConfig::default()).await;
+    let mut child = stack
+        .consumer_command(&[("RUST_LOG", "info"), ("LOG_FORMAT", "json")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let created = stack.create("c-1", "Ada", "ada@example.com").await;
+    let task_id = created["tasks"][0]["id"].as_str().unwrap().to_owned();
+    let request_id = created["tasks"][0]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack.drained(1).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let lines: Vec<String> = std::io::BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("task succeeded"))
+        .unwrap_or_else(|| panic!("no success line in {lines:?}"));
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    let span = &entry["span"];
+    assert_eq!(span["task_id"], task_id.as_str(), "{line}");
+    assert_eq!(span["request_id"], request_id.as_str(), "{line}");
+    assert!(
+        entry["external_id"].as_str().unwrap().starts_with("cus_"),
+        "{line}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("sk_test_customer_sync")),
+        "the key leaked"
+    );
+}
