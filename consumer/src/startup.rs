@@ -57,6 +57,7 @@ impl Consumer {
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             concurrency: settings.concurrency,
             max_attempts: settings.max_attempts,
+            max_backoff: settings.max_backoff,
             lease: settings.lease,
             in_flight: Mutex::new(HashMap::new()),
         });

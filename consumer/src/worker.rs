@@ -79,6 +79,7 @@ pub struct Worker {
     pub permits: Arc<Semaphore>,
     pub concurrency: usize,
     pub max_attempts: i32,
+    pub max_backoff: Duration,
     pub lease: Duration,
     /// Tasks being executed, to release them at shutdown.
     pub in_flight: Mutex<HashMap<uuid::Uuid, TaskRow>>,
@@ -207,6 +208,7 @@ impl Worker {
     async fn record(&self, task: &TaskRow, outcome: Outcome) {
         let task = task.clone();
         let max_attempts = self.max_attempts;
+        let max_backoff = self.max_backoff;
         let result = db::run(&self.pool, move |conn| {
             match outcome {
                 Outcome::Done {
@@ -221,7 +223,7 @@ impl Worker {
                     if new_key {
                         queue::next_key_generation(conn, &task)?;
                     }
-                    let delay = backoff::delay(task.attempts, retry_after);
+                    let delay = backoff::delay(task.attempts, retry_after, max_backoff);
                     queue::retry_later(conn, &task, &error, delay, max_attempts)?;
                 }
                 Outcome::Dead(error) => queue::kill(conn, &task, &error)?,

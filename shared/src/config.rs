@@ -453,6 +453,9 @@ pub struct ConsumerArgs {
     /// How long a claimed task stays ours before another consumer may take it, in seconds
     #[arg(long, env = "CONSUMER_LEASE_SECS", default_value = "30")]
     pub lease_secs: String,
+    /// The longest wait between two attempts of a failing task, in milliseconds
+    #[arg(long, env = "CONSUMER_BACKOFF_MAX_MS", default_value = "60000")]
+    pub backoff_max_ms: String,
 }
 
 /// Validated consumer settings.
@@ -472,6 +475,8 @@ pub struct ConsumerSettings {
     pub sweep_interval: Duration,
     /// Lease length.
     pub lease: Duration,
+    /// Longest backoff between attempts.
+    pub max_backoff: Duration,
 }
 
 impl TryFrom<ConsumerArgs> for ConsumerSettings {
@@ -514,6 +519,12 @@ impl TryFrom<ConsumerArgs> for ConsumerSettings {
                 600_000,
             )?),
             lease: Duration::from_secs(number(&args.lease_secs, "CONSUMER_LEASE_SECS", 5, 3600)?),
+            max_backoff: Duration::from_millis(number(
+                &args.backoff_max_ms,
+                "CONSUMER_BACKOFF_MAX_MS",
+                10,
+                3_600_000,
+            )?),
         })
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use server::startup::Application;
 use shared::config::{CommonSettings, ConsumerSettings, LogFormat, ServerSettings, StripeSettings};
 use shared::domain::Provider;
-use shared::testing::{eventually, TestDatabase};
+use shared::testing::TestDatabase;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -89,6 +89,8 @@ impl Stack {
             max_attempts: 12,
             sweep_interval: Duration::from_millis(200),
             lease: Duration::from_secs(30),
+            // Failure tests draw long losing streaks; keep their retries quick.
+            max_backoff: Duration::from_millis(500),
         }
     }
 
@@ -125,6 +127,7 @@ impl Stack {
             .env("STRIPE_API_BASE", self.sandbox.base_url())
             .env("STRIPE_MAX_RPS", "1000")
             .env("CONSUMER_SWEEP_INTERVAL_MS", "200")
+            .env("CONSUMER_BACKOFF_MAX_MS", "500")
             .env("RUST_LOG", "warn")
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
@@ -228,11 +231,34 @@ impl Stack {
 
     /// Waits until every task is finished, then returns the counts.
     pub async fn drained(&self, expect_succeeded: i64) -> Vec<(String, i64)> {
-        eventually("every task succeeded", WAIT, || async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
             let statuses = self.statuses();
-            (statuses == [("succeeded".to_owned(), expect_succeeded)]).then_some(statuses)
-        })
-        .await
+            if statuses == [("succeeded".to_owned(), expect_succeeded)] {
+                return statuses;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let open: Vec<_> = shared::db::schema::sync_tasks::table
+                    .filter(shared::db::schema::sync_tasks::status.ne("succeeded"))
+                    .select((
+                        shared::db::schema::sync_tasks::customer_id,
+                        shared::db::schema::sync_tasks::status,
+                        shared::db::schema::sync_tasks::attempts,
+                        shared::db::schema::sync_tasks::next_attempt_at,
+                        shared::db::schema::sync_tasks::last_error,
+                    ))
+                    .load::<(
+                        String,
+                        String,
+                        i32,
+                        chrono::DateTime<chrono::Utc>,
+                        Option<String>,
+                    )>(&mut self.db.connect())
+                    .unwrap();
+                panic!("tasks not drained: {statuses:?}; open: {open:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A call to the sandbox Stripe, as another Stripe client (the Dashboard) would make it.
