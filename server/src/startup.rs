@@ -45,6 +45,9 @@ impl AppState {
     }
 }
 
+/// Stops a running server (graceful with `stop(true)`).
+pub type StopHandle = actix_web::dev::ServerHandle;
+
 /// A built, bound server ready to run.
 pub struct Application {
     port: u16,
@@ -117,6 +120,11 @@ impl Application {
             zmq_endpoint,
             server,
         })
+    }
+
+    /// A handle that stops the HTTP server.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.server.handle()
     }
 
     /// The HTTP port.
