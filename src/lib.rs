@@ -61,6 +61,12 @@ pub async fn start(mut args: ServerArgs, sandbox_bind: SocketAddr) -> anyhow::Re
         args.common.stripe_api_key = Some("sk_test_customer_sync_sandbox".into());
         args.common.stripe_api_base = sandbox.base_url();
         args.stripe_webhook_secret = Some(secret);
+        if args.common.salesforce_login_url.is_none() {
+            // The sandbox's Salesforce mode, so the second provider shows too.
+            args.common.salesforce_login_url = Some(sandbox.base_url());
+            args.common.salesforce_client_id = Some(sandbox::salesforce::CLIENT_ID.into());
+            args.common.salesforce_client_secret = Some(sandbox::salesforce::CLIENT_SECRET.into());
+        }
         Some(sandbox)
     } else {
         None

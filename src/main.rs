@@ -44,6 +44,9 @@ async fn run() -> anyhow::Result<()> {
         (None, Some(base)) => println!("  Stripe:     {base}"),
         (None, None) => println!("  Stripe:     disabled"),
     }
+    if stack.sandbox.is_some() && stack.providers.len() > 1 {
+        println!("  Salesforce: the sandbox's Salesforce mode (Contacts by Customer_Id__c)");
+    }
     if stack.token_generated {
         println!("  API token:  {token}  (generated; set API_TOKEN to choose one)");
     }

@@ -10,7 +10,9 @@ use diesel::prelude::*;
 use sandbox::{Sandbox, SandboxConfig};
 use serde_json::{json, Value};
 use server::startup::Application;
-use shared::config::{CommonSettings, ConsumerSettings, LogFormat, ServerSettings, StripeSettings};
+use shared::config::{
+    CommonSettings, ConsumerSettings, LogFormat, SalesforceSettings, ServerSettings, StripeSettings,
+};
 use shared::domain::Provider;
 use shared::testing::TestDatabase;
 
@@ -23,9 +25,11 @@ pub struct Stack {
     pub address: String,
     pub zmq_endpoint: String,
     pub client: reqwest::Client,
+    /// Whether the salesforce provider is enabled.
+    pub salesforce: bool,
 }
 
-pub fn common(db: &TestDatabase, sandbox: &Sandbox, zmq: &str) -> CommonSettings {
+pub fn common(db: &TestDatabase, sandbox: &Sandbox, zmq: &str, salesforce: bool) -> CommonSettings {
     CommonSettings {
         database_url: db.url.clone().into(),
         zmq_endpoints: vec![zmq.to_owned()],
@@ -33,7 +37,13 @@ pub fn common(db: &TestDatabase, sandbox: &Sandbox, zmq: &str) -> CommonSettings
             api_key: "sk_test_customer_sync".to_owned().into(),
             api_base: sandbox.base_url(),
         }),
-        salesforce: None,
+        salesforce: salesforce.then(|| SalesforceSettings {
+            login_url: sandbox.base_url(),
+            client_id: sandbox::salesforce::CLIENT_ID.to_owned().into(),
+            client_secret: sandbox::salesforce::CLIENT_SECRET.to_owned().into(),
+            api_version: "66.0".into(),
+            external_id_field: "Customer_Id__c".into(),
+        }),
         log_format: LogFormat::Pretty,
     }
 }
@@ -44,7 +54,16 @@ pub async fn stack(sandbox_config: SandboxConfig) -> Stack {
 }
 
 /// Same, with the sandbox delivering its events to the server's webhook when `webhooks`.
-pub async fn stack_with(mut sandbox_config: SandboxConfig, webhooks: bool) -> Stack {
+pub async fn stack_with(sandbox_config: SandboxConfig, webhooks: bool) -> Stack {
+    stack_full(sandbox_config, webhooks, false).await
+}
+
+/// Same, with the salesforce provider enabled against the sandbox's Salesforce mode.
+pub async fn stack_full(
+    mut sandbox_config: SandboxConfig,
+    webhooks: bool,
+    salesforce: bool,
+) -> Stack {
     shared::telemetry::init(LogFormat::Pretty, "warn");
     let db = tokio::task::spawn_blocking(TestDatabase::create)
         .await
@@ -58,7 +77,7 @@ pub async fn stack_with(mut sandbox_config: SandboxConfig, webhooks: bool) -> St
         .await
         .expect("starting the sandbox");
     let settings = ServerSettings {
-        common: common(&db, &sandbox, "tcp://127.0.0.1:0"),
+        common: common(&db, &sandbox, "tcp://127.0.0.1:0", salesforce),
         http_bind: "127.0.0.1:0".parse().unwrap(),
         api_token: Some(TOKEN.to_owned().into()),
         webhook_secrets: vec![sandbox.webhook_secret().to_owned().into()],
@@ -75,15 +94,20 @@ pub async fn stack_with(mut sandbox_config: SandboxConfig, webhooks: bool) -> St
         address,
         zmq_endpoint,
         client: reqwest::Client::new(),
+        salesforce,
     }
 }
 
 impl Stack {
     /// Consumer settings for the stripe topic with a fast sweep.
     pub fn consumer_settings(&self) -> ConsumerSettings {
+        let mut providers = vec![Provider::Stripe];
+        if self.salesforce {
+            providers.push(Provider::Salesforce);
+        }
         ConsumerSettings {
-            common: common(&self.db, &self.sandbox, &self.zmq_endpoint),
-            providers: vec![Provider::Stripe],
+            common: common(&self.db, &self.sandbox, &self.zmq_endpoint, self.salesforce),
+            providers,
             concurrency: 8,
             stripe_max_rps: 1000,
             max_attempts: 12,
@@ -282,6 +306,17 @@ impl Stack {
             response.status()
         );
         response.json().await.unwrap()
+    }
+
+    /// The most attempts any task of `provider` took.
+    pub fn max_attempts(&self, provider: &str) -> i32 {
+        use shared::db::schema::sync_tasks::dsl;
+        dsl::sync_tasks
+            .filter(dsl::provider.eq(provider))
+            .select(diesel::dsl::max(dsl::attempts))
+            .first::<Option<i32>>(&mut self.db.connect())
+            .unwrap()
+            .unwrap_or(0)
     }
 
     /// Sandbox events of one type.

@@ -3,4 +3,5 @@
 mod faults;
 mod helpers;
 mod inward;
+mod salesforce;
 mod sync;
