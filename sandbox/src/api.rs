@@ -93,6 +93,9 @@ impl TokenBucket {
     }
 }
 
+/// How long an idempotency key's answer is kept.
+const KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// A response as stored under an idempotency key.
 #[derive(Debug, Clone)]
 struct Answer {
@@ -103,7 +106,11 @@ struct Answer {
 
 enum KeyState {
     Executing,
-    Done { fingerprint: String, answer: Answer },
+    Done {
+        fingerprint: String,
+        answer: Answer,
+        at: Instant,
+    },
 }
 
 /// Everything the handlers share.
@@ -146,11 +153,13 @@ impl ExecutingGuard<'_> {
             let mut keys = self.keys.lock().unwrap();
             match answer {
                 Some(answer) => {
+                    let at = Instant::now();
                     keys.insert(
                         key,
                         KeyState::Done {
                             fingerprint,
                             answer,
+                            at,
                         },
                     );
                 }
@@ -283,14 +292,13 @@ pub async fn handle(
     let request_id = new_id(&mut rand::thread_rng(), "req", 14);
     let method = req.method().as_str().to_owned();
     let path = req.path().to_owned();
-    let key = (method == "POST")
-        .then(|| {
-            req.headers()
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .flatten();
+    let sent_key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // On GET and DELETE a key has no effect (it is still logged, as sent).
+    let key = sent_key.clone().filter(|_| method == "POST");
     let latency = Duration::from_millis(shared.knobs.lock().unwrap().latency_ms);
     let outcome = process(
         &shared,
@@ -311,7 +319,7 @@ pub async fn handle(
     shared.log.lock().unwrap().push(RequestRecord {
         method,
         path,
-        idempotency_key: key.clone(),
+        idempotency_key: sent_key,
         status: outcome.status,
         replayed: outcome.replayed,
         request_id: outcome.request_id.clone(),
@@ -411,10 +419,15 @@ async fn process(
             return with_params(Outcome::error(&e, request_id));
         }
         let mut keys = shared.keys.lock().unwrap();
+        // Stripe prunes keys after 24 hours; a reused key then starts a new request.
+        if matches!(keys.get(key), Some(KeyState::Done { at, .. }) if at.elapsed() > KEY_TTL) {
+            keys.remove(key);
+        }
         match keys.get(key) {
             Some(KeyState::Done {
                 fingerprint: stored,
                 answer,
+                ..
             }) if *stored == fingerprint => {
                 return with_params(Outcome {
                     status: answer.status,
