@@ -376,9 +376,7 @@ async fn process(
         }
         let fail_rate = knobs.fail_rate;
         if knobs.chance(fail_rate) {
-            let mut e = ApiError::unknown();
-            e.message = "An unknown error occurred while processing this request.".into();
-            return Outcome::error(&e, request_id);
+            return Outcome::error(&ApiError::unknown(), request_id);
         }
         if let Some(e) = knobs.fail_next.pop_front() {
             return Outcome::error(&e, request_id);

@@ -74,15 +74,14 @@ impl ApiError {
         }
     }
 
-    /// 500 `api_error`, opaque as Stripe's are.
+    /// 500 `api_error`, opaque as Stripe's are: the same body whether or not the change
+    /// was made, so a client cannot tell the two apart.
     pub fn unknown() -> Self {
         Self {
             status: 500,
             kind: "api_error",
             code: None,
-            message: "An unknown error occurred while processing this request. It may or may not \
-                      have been applied; retrying with the same Idempotency-Key is safe."
-                .to_owned(),
+            message: "An unknown error occurred while processing this request.".to_owned(),
             param: None,
             stored: true,
         }

@@ -152,3 +152,26 @@ async fn fail_next_injects_an_error_once_and_stores_nothing() {
     assert_eq!(ok.status, 200);
     assert!(ok.header("idempotent-replayed").is_none());
 }
+
+#[tokio::test]
+async fn a_500_before_execution_and_one_after_commit_look_the_same_to_a_client() {
+    let (sandbox, stripe) = start(SandboxConfig {
+        fail_rate: 1.0,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let before = stripe.post("/v1/customers", &[("name", "Ada")]).await;
+    sandbox.set_fail_rate(0.0);
+    sandbox.set_fail_after_commit_rate(1.0);
+    let after = stripe.post("/v1/customers", &[("name", "Ada")]).await;
+    assert_eq!((before.status, after.status), (500, 500));
+    assert_eq!(before.body, after.body);
+    let names = |a: &crate::helpers::Answer| {
+        let mut names: Vec<String> = a.headers.keys().map(|k| k.to_string()).collect();
+        names.retain(|n| n != "date");
+        names.sort();
+        names
+    };
+    assert_eq!(names(&before), names(&after));
+    assert_eq!(sandbox.customers().len(), 1, "only the second was made");
+}
