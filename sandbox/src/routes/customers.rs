@@ -254,14 +254,14 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
         );
     }
     let created = created_filter(p)?;
-    let items = store
+    let items: Vec<&Customer> = store
         .customers
         .newest_first()
         .filter(|c| !c.deleted)
         // Stripe's email filter is case-sensitive.
         .filter(|c| email.is_none_or(|e| c.email.as_deref() == Some(e)))
         .filter(|c| created(c.created))
-        .map(Customer::to_json)
         .collect();
-    page(items, p, "/v1/customers", "customer")
+    let id: fn(&Customer) -> &str = |c| &c.id;
+    page(items, id, Customer::to_json, p, "/v1/customers", "customer")
 }

@@ -55,7 +55,7 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
     }
     let delivered = p.bool("delivery_success")?;
     let created = created_filter(p)?;
-    let items = store
+    let items: Vec<&Value> = store
         .events
         .newest_first()
         .filter(|e| {
@@ -65,9 +65,9 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
                 && delivered.is_none_or(|d| d == (e["pending_webhooks"] == 0))
                 && created(e["created"].as_i64().unwrap_or_default())
         })
-        .cloned()
         .collect();
-    page(items, p, "/v1/events", "event")
+    let id: fn(&Value) -> &str = |e| e["id"].as_str().unwrap_or_default();
+    page(items, id, Value::clone, p, "/v1/events", "event")
 }
 
 #[cfg(test)]

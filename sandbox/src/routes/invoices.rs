@@ -162,16 +162,23 @@ pub fn list_items(store: &Store, p: &Params) -> Result<Value, ApiError> {
     let invoice = p.str("invoice")?;
     let pending = p.bool("pending")?;
     let created = created_filter(p)?;
-    let items = store
+    let items: Vec<&InvoiceItem> = store
         .invoice_items
         .newest_first()
         .filter(|i| customer.is_none_or(|c| i.customer == c))
         .filter(|i| invoice.is_none_or(|inv| i.invoice.as_deref() == Some(inv)))
         .filter(|i| pending.is_none_or(|pend| pend == i.invoice.is_none()))
         .filter(|i| created(i.created))
-        .map(InvoiceItem::to_json)
         .collect();
-    page(items, p, "/v1/invoiceitems", "invoiceitem")
+    let id: fn(&InvoiceItem) -> &str = |i| &i.id;
+    page(
+        items,
+        id,
+        InvoiceItem::to_json,
+        p,
+        "/v1/invoiceitems",
+        "invoiceitem",
+    )
 }
 
 pub fn retrieve_item(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> {
@@ -477,14 +484,15 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
     )?;
     let method = p.str("collection_method")?;
     let created = created_filter(p)?;
-    let items = store
+    let items: Vec<&Invoice> = store
         .invoices
         .newest_first()
         .filter(|i| customer.is_none_or(|c| i.customer == c))
         .filter(|i| status.as_deref().is_none_or(|s| i.status.as_str() == s))
         .filter(|i| method.is_none_or(|m| i.collection_method == m))
         .filter(|i| created(i.created))
-        .map(|i| i.to_json(store))
         .collect();
-    page(items, p, "/v1/invoices", "invoice")
+    let id: fn(&Invoice) -> &str = |i| &i.id;
+    let render = |i: &Invoice| i.to_json(store);
+    page(items, id, render, p, "/v1/invoices", "invoice")
 }

@@ -100,8 +100,16 @@ impl Route {
     }
 }
 
-/// One page of a newest-first list in Stripe's shape `{object, data, has_more, url}`.
-pub fn page(items: Vec<Value>, p: &Params, url: &str, resource: &str) -> Result<Value, ApiError> {
+/// One page of a newest-first list in Stripe's shape `{object, data, has_more, url}`; only
+/// the page's objects are rendered, so long lists stay cheap.
+pub fn page<T>(
+    items: Vec<&T>,
+    id: fn(&T) -> &str,
+    render: impl Fn(&T) -> Value,
+    p: &Params,
+    url: &str,
+    resource: &str,
+) -> Result<Value, ApiError> {
     let limit = match p.int("limit")? {
         None => 10,
         Some(n @ 1..=100) => n as usize,
@@ -117,33 +125,28 @@ pub fn page(items: Vec<Value>, p: &Params, url: &str, resource: &str) -> Result<
             None => Ok(None),
             Some(cursor) => items
                 .iter()
-                .position(|v| v["id"] == cursor)
+                .position(|v| id(v) == cursor)
                 .map(Some)
                 .ok_or_else(|| ApiError::no_such(resource, cursor, param)),
         }
     };
-    let (data, has_more) = match (position("starting_after")?, position("ending_before")?) {
+    let (range, has_more) = match (position("starting_after")?, position("ending_before")?) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "You may only specify one of these parameters: starting_after, ending_before.",
             ))
         }
         (Some(after), None) => {
-            let rest = &items[after + 1..];
-            (
-                rest.iter().take(limit).cloned().collect(),
-                rest.len() > limit,
-            )
+            let end = (after + 1 + limit).min(items.len());
+            (after + 1..end, end < items.len())
         }
         (None, Some(before)) => {
             let start = before.saturating_sub(limit);
-            (items[start..before].to_vec(), start > 0)
+            (start..before, start > 0)
         }
-        (None, None) => (
-            items.iter().take(limit).cloned().collect(),
-            items.len() > limit,
-        ),
+        (None, None) => (0..limit.min(items.len()), items.len() > limit),
     };
+    let data: Vec<Value> = items[range].iter().map(|item| render(item)).collect();
     Ok(json!({"object": "list", "data": data, "has_more": has_more, "url": url}))
 }
 
