@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -150,7 +150,7 @@ struct ExecutingGuard<'a> {
 impl ExecutingGuard<'_> {
     fn finish(mut self, fingerprint: String, answer: Option<Answer>) {
         if let Some(key) = self.key.take() {
-            let mut keys = self.keys.lock().unwrap();
+            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
             match answer {
                 Some(answer) => {
                     let at = Instant::now();
@@ -174,7 +174,7 @@ impl ExecutingGuard<'_> {
 impl Drop for ExecutingGuard<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let mut keys = self.keys.lock().unwrap();
+            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
             if matches!(keys.get(&key), Some(KeyState::Executing)) {
                 keys.remove(&key);
             }
@@ -299,7 +299,13 @@ pub async fn handle(
         .map(str::to_owned);
     // On GET and DELETE a key has no effect (it is still logged, as sent).
     let key = sent_key.clone().filter(|_| method == "POST");
-    let latency = Duration::from_millis(shared.knobs.lock().unwrap().latency_ms);
+    let latency = Duration::from_millis(
+        shared
+            .knobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latency_ms,
+    );
     let outcome = process(
         &shared,
         &req,
@@ -316,16 +322,20 @@ pub async fn handle(
 
     tracing::debug!(%method, %path, status = outcome.status, replayed = outcome.replayed,
         request_id = %outcome.request_id, "stripe request");
-    shared.log.lock().unwrap().push(RequestRecord {
-        method,
-        path,
-        idempotency_key: sent_key,
-        status: outcome.status,
-        replayed: outcome.replayed,
-        request_id: outcome.request_id.clone(),
-        params: outcome.params,
-        at_ms: shared.started.elapsed().as_millis() as u64,
-    });
+    shared
+        .log
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(RequestRecord {
+            method,
+            path,
+            idempotency_key: sent_key,
+            status: outcome.status,
+            replayed: outcome.replayed,
+            request_id: outcome.request_id.clone(),
+            params: outcome.params,
+            at_ms: shared.started.elapsed().as_millis() as u64,
+        });
 
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = HttpResponse::build(status);
@@ -370,7 +380,7 @@ async fn process(
         return Outcome::error(&e, request_id);
     }
     {
-        let mut knobs = shared.knobs.lock().unwrap();
+        let mut knobs = shared.knobs.lock().unwrap_or_else(PoisonError::into_inner);
         if knobs.bucket.as_mut().is_some_and(|b| !b.take()) {
             return Outcome::error(&ApiError::rate_limited(), request_id);
         }
@@ -416,7 +426,7 @@ async fn process(
             );
             return with_params(Outcome::error(&e, request_id));
         }
-        let mut keys = shared.keys.lock().unwrap();
+        let mut keys = shared.keys.lock().unwrap_or_else(PoisonError::into_inner);
         // Stripe prunes keys after 24 hours; a reused key then starts a new request.
         if matches!(keys.get(key), Some(KeyState::Done { at, .. }) if at.elapsed() > KEY_TTL) {
             keys.remove(key);
@@ -465,7 +475,7 @@ async fn process(
         idempotency_key: key.map(str::to_owned),
     };
     let result = {
-        let mut store = shared.store.lock().unwrap();
+        let mut store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
         route.execute(&mut store, &params, &cause)
     };
     let answer = match result {
@@ -480,7 +490,7 @@ async fn process(
         },
         Ok(body) => {
             let fail = route.mutates() && {
-                let mut knobs = shared.knobs.lock().unwrap();
+                let mut knobs = shared.knobs.lock().unwrap_or_else(PoisonError::into_inner);
                 let rate = knobs.fail_after_commit_rate;
                 knobs.chance(rate)
             };

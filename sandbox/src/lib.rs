@@ -17,7 +17,7 @@ mod webhooks;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
@@ -143,7 +143,11 @@ impl Sandbox {
 
     /// Every customer, deleted ones included, oldest first.
     pub fn customers(&self) -> Vec<CustomerSnapshot> {
-        let store = self.shared.store.lock().unwrap();
+        let store = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         store
             .customers
             .order
@@ -162,7 +166,11 @@ impl Sandbox {
 
     /// Every invoice as Stripe renders it, oldest first.
     pub fn invoices(&self) -> Vec<serde_json::Value> {
-        let store = self.shared.store.lock().unwrap();
+        let store = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         store
             .invoices
             .order
@@ -174,7 +182,11 @@ impl Sandbox {
 
     /// Every event, oldest first (`pending_webhooks` is 0 once delivered).
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let store = self.shared.store.lock().unwrap();
+        let store = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         store
             .events
             .order
@@ -185,28 +197,48 @@ impl Sandbox {
 
     /// Every API request with its answer, oldest first.
     pub fn request_log(&self) -> Vec<RequestRecord> {
-        self.shared.log.lock().unwrap().clone()
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Changes the share of requests failing before execution.
     pub fn set_fail_rate(&self, rate: f64) {
-        self.shared.knobs.lock().unwrap().fail_rate = rate;
+        self.shared
+            .knobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fail_rate = rate;
     }
 
     /// Changes the share of changes failing after commit.
     pub fn set_fail_after_commit_rate(&self, rate: f64) {
-        self.shared.knobs.lock().unwrap().fail_after_commit_rate = rate;
+        self.shared
+            .knobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fail_after_commit_rate = rate;
     }
 
     /// Changes the latency added to every response.
     pub fn set_latency_ms(&self, latency_ms: u64) {
-        self.shared.knobs.lock().unwrap().latency_ms = latency_ms;
+        self.shared
+            .knobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latency_ms = latency_ms;
     }
 
     /// Answers the next `count` API requests with this Stripe error before anything
     /// executes (nothing stored under the key); the error type follows the status.
     pub fn fail_next(&self, status: u16, code: &str, message: &str, count: usize) {
-        let mut knobs = self.shared.knobs.lock().unwrap();
+        let mut knobs = self
+            .shared
+            .knobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for _ in 0..count {
             knobs
                 .fail_next
