@@ -88,23 +88,23 @@ async fn max_rps_answers_429_rate_limit_before_the_idempotency_layer() {
 #[tokio::test]
 async fn latency_is_added_to_every_response() {
     let (sandbox, stripe) = start(SandboxConfig {
-        latency_ms: 150,
+        latency_ms: 300,
         ..SandboxConfig::default()
     })
     .await;
     let started = Instant::now();
     stripe.customer("Ada", "ada@example.com").await;
-    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert!(started.elapsed() >= Duration::from_millis(300));
     let started = Instant::now();
     assert_eq!(stripe.get("/v1/customers/cus_nope").await.status, 404);
     assert!(
-        started.elapsed() >= Duration::from_millis(150),
+        started.elapsed() >= Duration::from_millis(300),
         "errors too"
     );
     sandbox.set_latency_ms(0);
     let started = Instant::now();
     stripe.get("/v1/customers").await;
-    assert!(started.elapsed() < Duration::from_millis(150));
+    assert!(started.elapsed() < Duration::from_millis(300));
 }
 
 async fn statuses_with_seed(seed: u64) -> Vec<u16> {

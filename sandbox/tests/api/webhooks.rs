@@ -166,7 +166,8 @@ async fn shuffle_delivers_every_event_but_out_of_order() {
         ..config(&receiver)
     })
     .await;
-    // Create concurrently so the window fills.
+    // A slow endpoint lets a backlog build up, so the windows fill.
+    receiver.set_delay(Duration::from_millis(20));
     let mut creates = tokio::task::JoinSet::new();
     for i in 0..24 {
         let stripe = stripe.clone();
