@@ -132,8 +132,21 @@ fn emit_updated(store: &mut Store, before: Value, after: Value, cause: &Cause) {
     let mut previous = Map::new();
     if let (Value::Object(b), Value::Object(a)) = (&before, &after) {
         for (k, v) in b {
-            if a.get(k) != Some(v) {
-                previous.insert(k.clone(), v.clone());
+            match (k.as_str(), v, a.get(k)) {
+                (_, v, Some(now)) if now == v => {}
+                // Hashes report only the keys that changed, null for added ones.
+                ("metadata", Value::Object(old), Some(Value::Object(new))) => {
+                    let changed: Map<String, Value> = old
+                        .keys()
+                        .chain(new.keys())
+                        .filter(|key| old.get(*key) != new.get(*key))
+                        .map(|key| (key.clone(), old.get(key).cloned().unwrap_or(Value::Null)))
+                        .collect();
+                    previous.insert(k.clone(), Value::Object(changed));
+                }
+                _ => {
+                    previous.insert(k.clone(), v.clone());
+                }
             }
         }
     }

@@ -239,3 +239,32 @@ async fn invoices_list_by_customer_and_status_and_drafts_can_be_deleted() {
     assert_eq!(unknown_customer.status, 404);
     assert_eq!(unknown_customer.body["error"]["param"], "customer");
 }
+
+#[tokio::test]
+async fn updating_an_invoice_emits_invoice_updated_with_the_previous_values() {
+    let (sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let draft = draft_with_amount(&stripe, &customer, "100").await;
+    let path = format!("/v1/invoices/{}", draft.id());
+    let updated = stripe
+        .post(
+            &path,
+            &[("metadata[order]", "42"), ("description", "March")],
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+    assert_eq!(updated.body["metadata"]["order"], "42");
+    let event = sandbox.events().pop().unwrap();
+    assert_eq!(event["type"], "invoice.updated");
+    let previous = event["data"]["previous_attributes"].as_object().unwrap();
+    assert_eq!(previous.get("description"), Some(&serde_json::Value::Null));
+    assert_eq!(
+        event["data"]["previous_attributes"]["metadata"],
+        serde_json::json!({"order": null})
+    );
+    stripe.post(&format!("{path}/finalize"), &[]).await;
+    let late = stripe.post(&path, &[("description", "April")]).await;
+    assert_eq!(late.status, 400, "only a draft's description can change");
+    let metadata = stripe.post(&path, &[("metadata[order]", "43")]).await;
+    assert_eq!(metadata.status, 200, "metadata can always change");
+}
