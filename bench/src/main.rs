@@ -3,6 +3,7 @@
 //!
 //! Build first: `cargo build --release`, then `target/release/loadgen <scenario>`.
 
+mod e2e;
 mod stack;
 mod stats;
 
@@ -48,6 +49,30 @@ enum Scenario {
         #[arg(long, default_value = "100000")]
         events: usize,
     },
+    /// End to end: creates through the API, ZeroMQ, a consumer and the sandbox
+    /// (150 ms latency, 100 requests/s) and back through the webhook, until all are linked
+    E2e {
+        /// Customers to create
+        #[arg(long, default_value = "3000")]
+        customers: usize,
+        /// Consumer processes
+        #[arg(long, default_value = "1")]
+        consumers: usize,
+    },
+    /// Idle latency from an accepted create to the provider call, one request at a time
+    Idle {
+        #[arg(long, default_value = "200")]
+        samples: usize,
+    },
+    /// End to end under faults: consumers SIGKILLed every few seconds, 10% of calls failing,
+    /// 2% failing after commit, webhooks duplicated and shuffled
+    Faults {
+        #[arg(long, default_value = "2000")]
+        customers: usize,
+        /// Seconds between kills
+        #[arg(long, default_value = "3")]
+        kill_every: u64,
+    },
 }
 
 #[tokio::main]
@@ -63,11 +88,20 @@ async fn main() -> anyhow::Result<()> {
             connections,
             events,
         } => webhooks(connections, events).await,
+        Scenario::E2e {
+            customers,
+            consumers,
+        } => e2e::run(customers, consumers).await,
+        Scenario::Idle { samples } => e2e::idle(samples).await,
+        Scenario::Faults {
+            customers,
+            kill_every,
+        } => e2e::faults(customers, Duration::from_secs(kill_every)).await,
     }
 }
 
 async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyhow::Result<()> {
-    let stack = Stack::start(true).await?;
+    let stack = Stack::start().await?;
     let client = stack::client(connections);
     let recorder = Arc::new(Recorder::default());
     let next = Arc::new(AtomicU64::new(0));
@@ -152,7 +186,7 @@ async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyho
 }
 
 async fn webhooks(connections: usize, events: usize) -> anyhow::Result<()> {
-    let stack = Stack::start(true).await?;
+    let stack = Stack::start().await?;
     let client = stack::client(connections);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -16,7 +16,6 @@ pub struct Stack {
     pub base_url: String,
     pub token: String,
     pub webhook_secret: String,
-    #[allow(dead_code)] // consumers connect here in the end-to-end scenarios
     pub zmq_endpoint: String,
     processes: Vec<(&'static str, Child)>,
 }
@@ -53,14 +52,39 @@ pub fn client(connections: usize) -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// What the server talks to.
+pub struct Options {
+    /// Enable the stripe provider against this base URL.
+    pub stripe_base: Option<String>,
+    /// Webhook secret (the sandbox's, for end-to-end runs).
+    pub webhook_secret: String,
+    /// Port for the HTTP server (bound by the caller's plan, e.g. for the sandbox's webhook URL).
+    pub port: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            stripe_base: Some("http://127.0.0.1:9".into()),
+            webhook_secret: "whsec_bench_0123456789".into(),
+            port: free_port(),
+        }
+    }
+}
+
 impl Stack {
-    /// Starts `server` (with the stripe provider enabled when `stripe` is set).
-    pub async fn start(stripe: bool) -> anyhow::Result<Self> {
+    /// Starts `server` with the stripe provider enabled (nothing consumes its tasks).
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts `server` with these options.
+    pub async fn start_with(options: Options) -> anyhow::Result<Self> {
         let db = tokio::task::spawn_blocking(TestDatabase::create).await?;
-        let port = free_port();
+        let port = options.port;
         let zmq_endpoint = format!("tcp://127.0.0.1:{}", free_port());
         let token = "bench-token-0123456789abcdef".to_owned();
-        let webhook_secret = "whsec_bench_0123456789".to_owned();
+        let webhook_secret = options.webhook_secret.clone();
         let mut server = Command::new(bin("server")?);
         server
             .env_clear()
@@ -73,10 +97,10 @@ impl Stack {
             .env("RUST_LOG", "error")
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null());
-        if stripe {
+        if let Some(base) = &options.stripe_base {
             server
                 .env("STRIPE_API_KEY", "sk_test_bench")
-                .env("STRIPE_API_BASE", "http://127.0.0.1:12111");
+                .env("STRIPE_API_BASE", base);
         }
         let child = server.spawn().context("starting the server")?;
         let stack = Self {
@@ -89,6 +113,39 @@ impl Stack {
         };
         stack.wait_healthy().await?;
         Ok(stack)
+    }
+
+    /// Starts a `consumer --topic stripe` process; returns its index for [`Stack::kill`].
+    pub fn add_consumer(
+        &mut self,
+        stripe_base: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<usize> {
+        let mut consumer = Command::new(bin("consumer")?);
+        consumer
+            .args(["--topic", "stripe"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.db.url)
+            .env("ZMQ_PUB_ENDPOINT", &self.zmq_endpoint)
+            .env("STRIPE_API_KEY", "sk_test_bench")
+            .env("STRIPE_API_BASE", stripe_base)
+            .env("RUST_LOG", "error")
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            consumer.env(k, v);
+        }
+        self.processes
+            .push(("consumer", consumer.spawn().context("starting a consumer")?));
+        Ok(self.processes.len() - 1)
+    }
+
+    /// SIGKILLs process `index` (no chance to release anything).
+    pub fn kill(&mut self, index: usize) {
+        let (_, child) = &mut self.processes[index];
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     async fn wait_healthy(&self) -> anyhow::Result<()> {

@@ -61,7 +61,8 @@ CREATE TABLE sync_tasks (
 -- The claim query's path: unfinished tasks of a customer and provider in order.
 CREATE INDEX sync_tasks_open_idx ON sync_tasks (provider, customer_id, seq)
     WHERE status IN ('pending', 'in_flight');
-CREATE INDEX sync_tasks_due_idx ON sync_tasks (provider, next_attempt_at)
+-- The claim's scan: unfinished tasks of a provider in acceptance order.
+CREATE INDEX sync_tasks_open_seq_idx ON sync_tasks (provider, seq)
     WHERE status IN ('pending', 'in_flight');
 CREATE INDEX sync_tasks_customer_idx ON sync_tasks (customer_id, seq);
 -- Operators look for dead tasks; pending ones are covered by the partial indexes above.

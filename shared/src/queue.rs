@@ -51,12 +51,15 @@ pub fn claim(
           WHERE t.id IN (
                 SELECT h.id FROM sync_tasks h
                  WHERE h.provider = $1
+                   AND h.status IN ('pending', 'in_flight')
                    AND ((h.status = 'pending' AND h.next_attempt_at <= now())
                      OR (h.status = 'in_flight' AND h.lease_expires_at < now()))
-                   AND NOT EXISTS (
-                       SELECT 1 FROM sync_tasks o
+                   -- Only the oldest unfinished task of its customer: one index probe
+                   -- per candidate, and the scan in seq order stops at the limit.
+                   AND h.seq = (
+                       SELECT min(o.seq) FROM sync_tasks o
                         WHERE o.provider = h.provider AND o.customer_id = h.customer_id
-                          AND o.status IN ('pending', 'in_flight') AND o.seq < h.seq)
+                          AND o.status IN ('pending', 'in_flight'))
                  ORDER BY h.seq
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED)
