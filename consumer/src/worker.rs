@@ -237,19 +237,31 @@ impl Worker {
         }
     }
 
-    async fn read_state(
+    /// What every provider needs first: the operation, the customer as it is now, and its
+    /// link at `provider`; `Err` is the outcome when the task cannot go on.
+    async fn prepare(
         &self,
         task: &TaskRow,
         provider: Provider,
-    ) -> Result<(Option<CustomerRow>, Option<links::LinkRow>), DbError> {
+    ) -> Result<(Operation, CustomerRow, Option<links::LinkRow>), Outcome> {
+        let operation = Operation::parse(&task.operation).map_err(|e| Outcome::Dead(e.0))?;
         let id = task.customer_id.clone();
-        db::run(&self.pool, move |conn| {
+        let state = db::run(&self.pool, move |conn| {
             let customer_id = CustomerId::parse(&id).map_err(|e| DbError::Unexpected(e.into()))?;
             let customer = shared::db::customers::find(conn, &customer_id)?;
             let link = links::find(conn, &id, provider)?;
             Ok((customer, link))
         })
-        .await
+        .await;
+        match state {
+            Ok((Some(customer), link)) => Ok((operation, customer, link)),
+            Ok((None, _)) => Err(Outcome::Dead("the local customer does not exist".into())),
+            Err(e) => Err(Outcome::Retry {
+                error: format!("reading the customer: {e}"),
+                retry_after: None,
+                new_key: false,
+            }),
+        }
     }
 
     /// One Stripe task, sending the customer's current state (SPEC "Outward").
@@ -257,22 +269,9 @@ impl Worker {
         let Some(stripe) = &self.stripe else {
             return Outcome::Dead("STRIPE_API_KEY is not configured in this consumer".into());
         };
-        let operation = match Operation::parse(&task.operation) {
-            Ok(op) => op,
-            Err(e) => return Outcome::Dead(e.0),
-        };
-        let (customer, link) = match self.read_state(task, Provider::Stripe).await {
+        let (operation, customer, link) = match self.prepare(task, Provider::Stripe).await {
             Ok(state) => state,
-            Err(e) => {
-                return Outcome::Retry {
-                    error: format!("reading the customer: {e}"),
-                    retry_after: None,
-                    new_key: false,
-                }
-            }
-        };
-        let Some(customer) = customer else {
-            return Outcome::Dead("the local customer does not exist".into());
+            Err(outcome) => return outcome,
         };
         let synced = link.as_ref().map_or(0, |l| l.synced_version);
         let linked = link.and_then(|l| l.external_id);
@@ -383,22 +382,9 @@ impl Worker {
         let Some(salesforce) = &self.salesforce else {
             return Outcome::Dead("Salesforce is not configured in this consumer".into());
         };
-        let operation = match Operation::parse(&task.operation) {
-            Ok(op) => op,
-            Err(e) => return Outcome::Dead(e.0),
-        };
-        let (customer, link) = match self.read_state(task, Provider::Salesforce).await {
+        let (operation, customer, link) = match self.prepare(task, Provider::Salesforce).await {
             Ok(state) => state,
-            Err(e) => {
-                return Outcome::Retry {
-                    error: format!("reading the customer: {e}"),
-                    retry_after: None,
-                    new_key: false,
-                }
-            }
-        };
-        let Some(customer) = customer else {
-            return Outcome::Dead("the local customer does not exist".into());
+            Err(outcome) => return outcome,
         };
         let synced = link.as_ref().map_or(0, |l| l.synced_version);
         if synced >= task.version {
