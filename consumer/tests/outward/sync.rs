@@ -118,8 +118,9 @@ async fn changes_to_one_customer_arrive_in_the_order_they_were_accepted() {
         .map(|(_, name)| name.trim_start_matches('v').parse().unwrap())
         .collect();
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "{events:?}");
-    // An update that runs after the delete was accepted has nothing left to push.
-    assert!(versions.len() >= 2, "{events:?}");
+    // Each task pushes the customer's current state, so a burst may fold into fewer calls
+    // (even a single create carrying v6): what must hold is that no older state follows a
+    // newer one, and that the delete comes last.
     consumer.shutdown().await;
 }
 
