@@ -104,3 +104,58 @@ async fn a_consumer_killed_mid_call_loses_and_duplicates_nothing_after_a_restart
     second.wait().unwrap();
     assert_exactly_once(&stack, 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_claiming_and_lets_in_flight_calls_finish() {
+    let stack = stack(SandboxConfig {
+        latency_ms: 300,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let mut consumer = stack.consumer_process(&[("CONSUMER_CONCURRENCY", "4")]);
+    for i in 0..12 {
+        stack
+            .create(&format!("c-{i}"), "Name", &format!("c{i}@example.com"))
+            .await;
+    }
+    eventually("calls under way", WAIT, || async {
+        stack
+            .statuses()
+            .iter()
+            .any(|(s, n)| s == "in_flight" && *n > 0)
+            .then_some(())
+    })
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &consumer.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = consumer.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            stopped.elapsed() < std::time::Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    let after = stack.statuses();
+    assert!(
+        after.iter().all(|(s, _)| s != "in_flight"),
+        "nothing left leased: {after:?}"
+    );
+    assert!(
+        after.iter().any(|(s, _)| s == "pending"),
+        "claiming stopped: {after:?}"
+    );
+
+    let mut second = stack.consumer_process(&[]);
+    stack.drained(12).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_exactly_once(&stack, 12);
+}

@@ -1,0 +1,116 @@
+//! The `consumer` binary's start-up: one clear line for a bad or missing setting.
+
+use std::process::Command;
+
+fn consumer() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir());
+    command
+}
+
+fn refused(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[test]
+fn a_consumer_without_a_topic_says_how_to_name_one() {
+    let stderr = refused(&mut consumer());
+    assert!(stderr.contains("--topic"), "{stderr}");
+}
+
+#[test]
+fn bad_topics_and_settings_stop_the_consumer_naming_them() {
+    let key = ("STRIPE_API_KEY", "sk_test_123");
+    for (args, env, named) in [
+        (vec!["--topic", "hubspot"], vec![key], "--topic"),
+        (vec!["--topic", "stripe"], vec![], "STRIPE_API_KEY"),
+        (
+            vec!["--topic", "salesforce"],
+            vec![key],
+            "SALESFORCE_LOGIN_URL",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("CONSUMER_CONCURRENCY", "0")],
+            "CONSUMER_CONCURRENCY",
+        ),
+        (
+            vec!["--topic", "stripe", "--concurrency", "lots"],
+            vec![key],
+            "CONSUMER_CONCURRENCY",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("STRIPE_MAX_RPS", "-1")],
+            "STRIPE_MAX_RPS",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("TASK_MAX_ATTEMPTS", "x")],
+            "TASK_MAX_ATTEMPTS",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("CONSUMER_SWEEP_INTERVAL_MS", "1")],
+            "CONSUMER_SWEEP_INTERVAL_MS",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("ZMQ_PUB_ENDPOINT", "udp://x")],
+            "ZMQ_PUB_ENDPOINT",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![("STRIPE_API_KEY", "pk_live_publishable")],
+            "STRIPE_API_KEY",
+        ),
+        (
+            vec!["--topic", "salesforce"],
+            vec![
+                ("SALESFORCE_LOGIN_URL", "https://acme.my.salesforce.com"),
+                ("SALESFORCE_CLIENT_ID", "id"),
+                ("SALESFORCE_CLIENT_SECRET", "s3cr3t-value"),
+                ("SALESFORCE_API_VERSION", "v66"),
+            ],
+            "SALESFORCE_API_VERSION",
+        ),
+    ] {
+        let mut command = consumer();
+        command.args(&args);
+        for (k, v) in &env {
+            command.env(k, v);
+        }
+        let stderr = refused(&mut command);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?} {env:?}: {stderr}");
+        assert!(
+            !stderr.contains("sk_test_123") && !stderr.contains("s3cr3t-value"),
+            "secret echoed: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_explains_topics_and_every_setting() {
+    let output = consumer().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for needle in [
+        "--topic",
+        "CONSUMER_CONCURRENCY",
+        "STRIPE_MAX_RPS",
+        "TASK_MAX_ATTEMPTS",
+        "CONSUMER_SWEEP_INTERVAL_MS",
+        "CONSUMER_LEASE_SECS",
+        "CONSUMER_BACKOFF_MAX_MS",
+        "DATABASE_URL",
+        "ZMQ_PUB_ENDPOINT",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from --help");
+    }
+}
