@@ -9,12 +9,12 @@ use shared::config::StripeSettings;
 use shared::db::DbError;
 use shared::inbound::{self, Applied, Event, UNDECIDED_TIE};
 
-/// The API version pinned for reads made by the server.
-const STRIPE_VERSION: &str = "2026-10-28.endive";
-
 use crate::error::ApiError;
 use crate::signature::{self, SignatureHeader};
 use crate::startup::AppState;
+
+/// The API version pinned for reads made by the server.
+const STRIPE_VERSION: &str = "2026-10-28.endive";
 
 /// The largest webhook body accepted.
 pub const WEBHOOK_LIMIT: usize = 1024 * 1024;
@@ -106,9 +106,8 @@ pub async fn stripe(
     span.record("event_id", event.id.as_str());
     span.record("event_type", event.kind.as_str());
     let providers = state.providers.clone();
-    let tie_event = event.clone();
-    let applied = state
-        .db(move |conn| inbound::apply(conn, &event, &raw, &providers))
+    let (applied, event) = state
+        .db(move |conn| inbound::apply(conn, &event, &raw, &providers).map(|a| (a, event)))
         .await
         // Stripe retries anything but a 2xx; the cause goes to the log.
         .map_err(|e: DbError| {
@@ -120,7 +119,7 @@ pub async fn stripe(
         Applied::Handled(effect) => effect,
     };
     if outcome == UNDECIDED_TIE {
-        outcome = settle_tie(&state, &hooks, tie_event).await;
+        outcome = settle_tie(&state, &hooks, event).await;
     }
     tracing::info!(outcome, "webhook event received");
     Ok(HttpResponse::Ok().json(json!({"received": true, "outcome": outcome})))
