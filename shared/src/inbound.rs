@@ -31,6 +31,9 @@ pub const INVOICE_EVENTS: &[&str] = &[
     "invoice.deleted",
 ];
 
+/// The customer event types that change the catalog.
+pub const CUSTOMER_EVENTS: &[&str] = &["customer.created", "customer.updated", "customer.deleted"];
+
 /// A Stripe event envelope, as much as we read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Event {
@@ -68,6 +71,21 @@ impl Event {
         }
         if !event.data.object.is_object() {
             return Err("body is not a Stripe event: data.object is not an object".into());
+        }
+        // A handled event whose object we could not read would fail inside the transaction
+        // and be retried by Stripe forever: refuse it here, before anything is written.
+        let kind = event.kind.as_str();
+        let unreadable = if kind.starts_with("customer.") && CUSTOMER_EVENTS.contains(&kind) {
+            RemoteCustomer::parse(&event).err().map(|e| e.to_string())
+        } else if INVOICE_EVENTS.contains(&kind) {
+            serde_json::from_value::<RemoteInvoice>(event.data.object.clone())
+                .err()
+                .map(|e| e.to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = unreadable {
+            return Err(format!("{kind} carries an object we cannot read: {reason}"));
         }
         Ok((event, raw))
     }

@@ -203,6 +203,9 @@ async fn a_signed_body_that_is_not_an_event_is_a_400() {
         json!({"id": "evt_1", "object": "customer", "type": "x", "created": 1, "data": {"object": {}}}).to_string(),
         json!({"id": "", "object": "event", "type": "x", "created": 1, "data": {"object": {}}}).to_string(),
         json!({"id": "evt_1", "object": "event", "type": "x", "created": 1, "data": {"object": 5}}).to_string(),
+        json!({"id": "evt_1", "object": "event", "type": "customer.created", "created": 1, "data": {"object": {"name": "no id"}}}).to_string(),
+        json!({"id": "evt_1", "object": "event", "type": "customer.updated", "created": 1, "data": {"object": {"id": 42}}}).to_string(),
+        json!({"id": "evt_1", "object": "event", "type": "invoice.paid", "created": 1, "data": {"object": {"id": "in_1", "amount_due": "lots"}}}).to_string(),
     ] {
         let response = deliver_raw(&app, body.as_bytes(), Some(&sign(SECRET, now(), body.as_bytes()))).await;
         assert_eq!(response.status(), 400, "{body}");
