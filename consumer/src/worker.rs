@@ -349,6 +349,15 @@ impl Worker {
                         external_id: None,
                         synced_version: pushed,
                     },
+                    Err(StripeError::Api { status: 404, .. }) => {
+                        // Deleted in Stripe meanwhile: its customer.deleted webhook
+                        // tombstones the customer here; there is nothing left to update.
+                        tracing::warn!(stripe_id = %id, "the Stripe customer no longer exists");
+                        Outcome::Done {
+                            external_id: None,
+                            synced_version: pushed,
+                        }
+                    }
                     Err(e) => e.into(),
                 }
             }

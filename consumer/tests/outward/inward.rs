@@ -238,3 +238,51 @@ async fn random_changes_on_both_sides_converge_despite_duplicate_and_shuffled_we
     assert_eq!(remote.len(), n, "no duplicate Stripe customers");
     consumer.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_update_racing_a_stripe_side_delete_ends_deleted_everywhere() {
+    let stack = stack_with(SandboxConfig::default(), true).await;
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "Ada", "ada@example.com").await;
+    let cus = linked_stripe_id(&stack, "c-1").await;
+    quiet(&stack).await;
+    consumer.shutdown().await;
+    // The Stripe-side delete happens while the local update waits in the queue.
+    stack.patch("c-1", json!({"name": "Ada King"})).await;
+    stack
+        .stripe(Method::DELETE, &format!("/v1/customers/{cus}"), &[])
+        .await;
+    let consumer = stack.consumer().await;
+    quiet(&stack).await;
+    let local = stack.local_customers();
+    assert!(local[0].3, "tombstoned locally: {local:?}");
+    assert!(stack.sandbox.customers()[0].deleted);
+    assert!(
+        stack.statuses().iter().all(|(s, _)| s == "succeeded"),
+        "no dead task"
+    );
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_for_a_customer_deleted_in_stripe_before_its_webhook_arrives_is_not_dead() {
+    // No webhook: the consumer meets Stripe's 404 before any customer.deleted arrives.
+    let stack = stack_with(SandboxConfig::default(), false).await;
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "Ada", "ada@example.com").await;
+    let cus = linked_stripe_id(&stack, "c-1").await;
+    stack
+        .stripe(Method::DELETE, &format!("/v1/customers/{cus}"), &[])
+        .await;
+    stack.patch("c-1", json!({"name": "Ada King"})).await;
+    stack.drained(2).await;
+    let updates: Vec<_> = stack
+        .sandbox
+        .request_log()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/v1/customers/{cus}"))
+        .collect();
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].status, 404, "the update met the deletion");
+    consumer.shutdown().await;
+}
