@@ -195,7 +195,14 @@ impl Stack {
     }
 
     /// Stops every process.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Stack {
+    /// Never leaves a server or consumer behind, even when the run ends in an error.
+    fn drop(&mut self) {
         for (_, child) in &mut self.processes {
             let _ = child.kill();
             let _ = child.wait();

@@ -151,11 +151,14 @@ pub fn create_batch(
             .collect();
         let mut task_rows_by_customer: std::collections::HashMap<String, Vec<TaskRow>> =
             Default::default();
+        // A new customer has no links yet, so the inserted rows are all of them.
+        let mut links: Vec<LinkRow> = Vec::new();
         if !link_rows.is_empty() {
-            diesel::insert_into(l::table)
+            links = diesel::insert_into(l::table)
                 .values(&link_rows)
                 .on_conflict_do_nothing()
-                .execute(conn)?;
+                .returning(LinkRow::as_returning())
+                .get_results(conn)?;
             let new_tasks: Vec<_> = batch
                 .iter()
                 .zip(&created)
@@ -186,8 +189,6 @@ pub fn create_batch(
                     .push(task);
             }
         }
-        let ids: Vec<String> = created.iter().flatten().map(|r| r.id.clone()).collect();
-        let links = links::for_customers(conn, &ids)?;
         let mut answers = Vec::with_capacity(batch.len());
         for ((new, _), row) in batch.iter().zip(created.iter_mut()) {
             let answer = match row.take() {
