@@ -27,9 +27,26 @@ pub type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
 /// A constant for `pg_advisory_lock`, so that concurrent start-ups migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6375_7374_7379_6e63; // "custsync"
 
+/// The URL as libpq gets it: on the loopback interface, without `sslmode` given, TLS is
+/// turned off (libpq's default `prefer` would encrypt every round trip to a local server,
+/// which measured as a large share of the server's CPU under load).
+pub fn effective_url(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let loopback = ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .any(|l| host == *l || host.starts_with(&format!("{l}:")));
+    if !loopback || url.contains("sslmode=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}sslmode=disable")
+}
+
 /// Creates the database when it is missing, migrates it, and returns a pool of `max_size` connections.
 pub fn connect(url: &SecretString, max_size: u32) -> anyhow::Result<PgPool> {
-    let url = url.expose_secret();
+    let url = &effective_url(url.expose_secret());
     ensure_database(url)?;
     let mut conn = PgConnection::establish(url)
         .with_context(|| format!("connecting to {}", redact_url(url)))?;
@@ -46,6 +63,28 @@ pub fn connect(url: &SecretString, max_size: u32) -> anyhow::Result<PgPool> {
 /// Per-connection settings.
 #[derive(Debug)]
 struct SessionSettings;
+
+#[cfg(test)]
+mod tests {
+    use super::effective_url;
+
+    #[test]
+    fn tls_is_off_only_for_loopback_urls_that_do_not_choose() {
+        assert_eq!(
+            effective_url("postgres://postgres@127.0.0.1:5432/db"),
+            "postgres://postgres@127.0.0.1:5432/db?sslmode=disable"
+        );
+        assert_eq!(
+            effective_url("postgres://u:p@localhost/db?application_name=x"),
+            "postgres://u:p@localhost/db?application_name=x&sslmode=disable"
+        );
+        assert_eq!(
+            effective_url("postgres://u@127.0.0.1/db?sslmode=require"),
+            "postgres://u@127.0.0.1/db?sslmode=require"
+        );
+        assert_eq!(effective_url("postgres://u@db.internal/db"), "postgres://u@db.internal/db");
+    }
+}
 
 impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
