@@ -82,7 +82,10 @@ mod tests {
             effective_url("postgres://u@127.0.0.1/db?sslmode=require"),
             "postgres://u@127.0.0.1/db?sslmode=require"
         );
-        assert_eq!(effective_url("postgres://u@db.internal/db"), "postgres://u@db.internal/db");
+        assert_eq!(
+            effective_url("postgres://u@db.internal/db"),
+            "postgres://u@db.internal/db"
+        );
     }
 }
 
