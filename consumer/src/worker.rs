@@ -26,11 +26,13 @@ pub enum Outcome {
         external_id: Option<String>,
         synced_version: i64,
     },
-    /// Try again later; `new_key` after a 500 spent the idempotency key.
+    /// Try again later; `new_key` after a 500 spent the idempotency key, and
+    /// `sent_email` is the email the failed create carried (for the reconcile).
     Retry {
         error: String,
         retry_after: Option<Duration>,
         new_key: bool,
+        sent_email: Option<String>,
     },
     /// Will never work as is.
     Dead(String),
@@ -43,6 +45,7 @@ impl From<SalesforceError> for Outcome {
                 retry_after: e.retry_after(),
                 error: e.to_string(),
                 new_key: false,
+                sent_email: None,
             }
         } else {
             Outcome::Dead(e.to_string())
@@ -57,11 +60,13 @@ impl From<StripeError> for Outcome {
                 retry_after: e.retry_after(),
                 error: e.to_string(),
                 new_key: false,
+                sent_email: None,
             },
             Next::ReconcileThenNewKey => Outcome::Retry {
                 retry_after: e.retry_after(),
                 error: e.to_string(),
                 new_key: true,
+                sent_email: None,
             },
             Next::GiveUp => Outcome::Dead(e.to_string()),
         }
@@ -144,6 +149,7 @@ impl Worker {
                                 error: format!("consumer panicked: {e}"),
                                 retry_after: None,
                                 new_key: false,
+                                sent_email: None,
                             };
                             worker.record(&task, outcome).await;
                         }
@@ -219,9 +225,10 @@ impl Worker {
                     error,
                     retry_after,
                     new_key,
+                    sent_email,
                 } => {
                     if new_key {
-                        queue::next_key_generation(conn, &task)?;
+                        queue::next_key_generation(conn, &task, sent_email.as_deref())?;
                     }
                     let delay = backoff::delay(task.attempts, retry_after, max_backoff);
                     queue::retry_later(conn, &task, &error, delay, max_attempts)?;
@@ -260,6 +267,7 @@ impl Worker {
                 error: format!("reading the customer: {e}"),
                 retry_after: None,
                 new_key: false,
+                sent_email: None,
             }),
         }
     }
@@ -295,14 +303,23 @@ impl Worker {
             Operation::Create => {
                 let mut existing = linked;
                 if existing.is_none() && task.key_generation > 0 {
-                    // A 500 spent an earlier key: that call may have created the customer.
-                    self.stripe_limiter.acquire().await;
-                    match stripe.find_customer(&customer.id, &customer.email).await {
-                        Ok(found) => existing = found.map(|c| c.id),
-                        Err(e) => return e.into(),
+                    // A 500 spent an earlier key: that call may have created the customer,
+                    // under the email it carried then or the one the customer has now.
+                    let mut emails = task.reconcile_emails.clone();
+                    if !emails.contains(&customer.email) {
+                        emails.push(customer.email.clone());
                     }
-                    if let Some(id) = &existing {
-                        tracing::info!(stripe_id = %id, "adopted the Stripe customer an earlier attempt created");
+                    for email in &emails {
+                        self.stripe_limiter.acquire().await;
+                        match stripe.find_customer(&customer.id, email).await {
+                            Ok(Some(found)) => {
+                                tracing::info!(stripe_id = %found.id, "adopted the Stripe customer an earlier attempt created");
+                                existing = Some(found.id);
+                                break;
+                            }
+                            Ok(None) => {}
+                            Err(e) => return e.into(),
+                        }
                     }
                 }
                 self.stripe_limiter.acquire().await;
@@ -322,7 +339,20 @@ impl Worker {
                         external_id: Some(id),
                         synced_version: pushed,
                     },
-                    Err(e) => e.into(),
+                    Err(e) => match Outcome::from(e) {
+                        Outcome::Retry {
+                            error,
+                            retry_after,
+                            new_key: true,
+                            ..
+                        } if existing.is_none() => Outcome::Retry {
+                            error,
+                            retry_after,
+                            new_key: true,
+                            sent_email: Some(customer.email.clone()),
+                        },
+                        other => other,
+                    },
                 }
             }
             Operation::Update => {
@@ -331,6 +361,7 @@ impl Worker {
                         error: "waiting for the customer's create to succeed".into(),
                         retry_after: None,
                         new_key: false,
+                        sent_email: None,
                     };
                 };
                 if deleted {

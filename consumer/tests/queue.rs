@@ -198,11 +198,18 @@ fn a_new_key_generation_changes_the_idempotency_key() {
         .unwrap()
         .remove(0);
     let first = queue::idempotency_key(&task);
-    assert_eq!(queue::next_key_generation(&mut conn, &task).unwrap(), 1);
+    let generation = queue::next_key_generation(&mut conn, &task, Some("a@example.com")).unwrap();
+    assert_eq!(generation, 1);
     let task = shared::db::tasks::find(&mut conn, task.id.into())
         .unwrap()
         .unwrap();
     let second = queue::idempotency_key(&task);
     assert_ne!(first, second);
     assert!(second.starts_with(&first));
+    assert_eq!(task.reconcile_emails, ["a@example.com"]);
+    queue::next_key_generation(&mut conn, &task, Some("a@example.com")).unwrap();
+    let task = shared::db::tasks::find(&mut conn, task.id.into())
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.reconcile_emails, ["a@example.com"], "each email once");
 }

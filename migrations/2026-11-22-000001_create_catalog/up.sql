@@ -53,6 +53,9 @@ CREATE TABLE sync_tasks (
     -- Derived from the (unique) task id, so it needs no index of its own.
     idempotency_key  TEXT NOT NULL,
     key_generation   INTEGER NOT NULL DEFAULT 0,
+    -- Emails sent by create calls whose outcome a 500 left unknown: the reconcile looks
+    -- for our customer under each of them, not only under the current one.
+    reconcile_emails TEXT[] NOT NULL DEFAULT '{}',
     request_id       TEXT,
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at       TIMESTAMPTZ NOT NULL DEFAULT now(),

@@ -167,9 +167,23 @@ pub fn kill(conn: &mut PgConnection, task: &TaskRow, error: &str) -> QueryResult
 }
 
 /// Gives the task a new idempotency-key generation: after a 500 the old key is spent.
-pub fn next_key_generation(conn: &mut PgConnection, task: &TaskRow) -> QueryResult<i32> {
+/// `sent_email` is the email a create call carried, for the reconcile to search.
+pub fn next_key_generation(
+    conn: &mut PgConnection,
+    task: &TaskRow,
+    sent_email: Option<&str>,
+) -> QueryResult<i32> {
+    let mut emails = task.reconcile_emails.clone();
+    if let Some(email) = sent_email {
+        if !emails.iter().any(|e| e == email) {
+            emails.push(email.to_owned());
+        }
+    }
     diesel::update(sync_tasks::table.find(task.id))
-        .set(sync_tasks::key_generation.eq(sync_tasks::key_generation + 1))
+        .set((
+            sync_tasks::key_generation.eq(sync_tasks::key_generation + 1),
+            sync_tasks::reconcile_emails.eq(emails),
+        ))
         .returning(sync_tasks::key_generation)
         .get_result(conn)
 }

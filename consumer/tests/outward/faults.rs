@@ -159,3 +159,38 @@ async fn sigterm_stops_claiming_and_lets_in_flight_calls_finish() {
     second.wait().unwrap();
     assert_exactly_once(&stack, 12);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_hidden_by_a_500_is_found_under_the_email_it_carried_after_the_email_changed() {
+    let stack = stack(SandboxConfig::default()).await;
+    stack.sandbox.set_fail_after_commit_rate(1.0);
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "Ada", "old@example.com").await;
+    eventually("the create's 500 after commit", WAIT, || async {
+        stack
+            .sandbox
+            .request_log()
+            .iter()
+            .any(|r| r.status == 500)
+            .then_some(())
+    })
+    .await;
+    consumer.shutdown().await;
+    stack.sandbox.set_fail_after_commit_rate(0.0);
+    // The email changes before the retry: a reconcile by the current email alone would miss
+    // the customer the failed call created, and create a second one.
+    stack
+        .patch("c-1", serde_json::json!({"email": "new@example.com"}))
+        .await;
+    let consumer = stack.consumer().await;
+    stack.drained(2).await;
+    let alive: Vec<_> = stack
+        .sandbox
+        .customers()
+        .into_iter()
+        .filter(|c| !c.deleted)
+        .collect();
+    assert_eq!(alive.len(), 1, "{alive:?}");
+    assert_eq!(alive[0].email.as_deref(), Some("new@example.com"));
+    consumer.shutdown().await;
+}

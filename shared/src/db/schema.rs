@@ -43,6 +43,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         idempotency_key -> Text,
         key_generation -> Int4,
+        reconcile_emails -> Array<Text>,
         request_id -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,

@@ -24,6 +24,7 @@ pub struct TaskRow {
     pub last_error: Option<String>,
     pub idempotency_key: String,
     pub key_generation: i32,
+    pub reconcile_emails: Vec<String>,
     pub request_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
