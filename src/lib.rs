@@ -113,18 +113,29 @@ impl Stack {
     }
 }
 
+/// Where the stack's database comes from.
+pub struct Database {
+    /// The URL to use.
+    pub url: String,
+    /// What was done, for the operator.
+    pub how: String,
+    /// The private cluster this call started, to stop at exit.
+    pub started: Option<LocalCluster>,
+}
+
 /// The database URL to use: the configured one when it answers, else a private cluster
 /// under `data_dir` (unless `DATABASE_URL` was given explicitly).
 pub async fn database(
     configured: &str,
     explicit: bool,
     data_dir: std::path::PathBuf,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<Database> {
     if url_answers(configured) {
-        return Ok((
-            configured.to_owned(),
-            format!("using {}", redact_url(configured)),
-        ));
+        return Ok(Database {
+            url: configured.to_owned(),
+            how: format!("using {}", redact_url(configured)),
+            started: None,
+        });
     }
     if explicit {
         anyhow::bail!(
@@ -136,16 +147,21 @@ pub async fn database(
         dir: data_dir.clone(),
         port: LOCAL_PG_PORT,
     };
-    let started = tokio::task::spawn_blocking(move || cluster.start()).await??;
-    Ok((
-        format!("postgres://postgres@127.0.0.1:{LOCAL_PG_PORT}/customer_sync"),
-        format!(
+    let (started, cluster) = tokio::task::spawn_blocking(move || {
+        let started = cluster.start()?;
+        anyhow::Ok((started, cluster))
+    })
+    .await??;
+    Ok(Database {
+        url: cluster.url("customer_sync"),
+        how: format!(
             "nothing answers at {}; {} a private cluster in {} on port {LOCAL_PG_PORT}",
             redact_url(configured),
             if started { "started" } else { "using" },
             data_dir.display()
         ),
-    ))
+        started: started.then_some(cluster),
+    })
 }
 
 /// Random lowercase hex of `bytes` bytes.

@@ -23,9 +23,9 @@ async fn run() -> anyhow::Result<()> {
 
     let explicit = std::env::var_os("DATABASE_URL").is_some();
     let data_dir = std::env::current_dir()?.join(".data").join("postgres");
-    let (url, how) = database(&args.common.database_url, explicit, data_dir).await?;
-    println!("PostgreSQL: {how}");
-    args.common.database_url = url;
+    let database = database(&args.common.database_url, explicit, data_dir).await?;
+    println!("PostgreSQL: {}", database.how);
+    args.common.database_url = database.url.clone();
 
     let stack = start(args, SANDBOX_BIND.parse()?).await?;
     let base = &stack.base_url;
@@ -70,5 +70,10 @@ async fn run() -> anyhow::Result<()> {
         }
     );
     stack.stop().await;
+    if let Some(cluster) = database.started {
+        // Started by this run, so stopped by it too.
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+        println!("stopped the private PostgreSQL");
+    }
     Ok(())
 }
