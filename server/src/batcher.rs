@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 /// The most creates written in one transaction.
 const MAX_BATCH: usize = 256;
 /// Transactions in flight at once (each holds one connection).
-const COMMITTERS: usize = 4;
+pub const COMMITTERS: usize = 2;
 
 type Reply = oneshot::Sender<Result<Change, CatalogError>>;
 

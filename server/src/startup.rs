@@ -12,7 +12,7 @@ use shared::domain::Provider;
 use tracing_actix_web::{RequestId, TracingLogger};
 
 use crate::auth::{require_token, ApiToken};
-use crate::batcher::CreateBatcher;
+use crate::batcher::{CreateBatcher, COMMITTERS};
 use crate::publisher::Publisher;
 use crate::routes::webhook::{self, WebhookSettings};
 use crate::routes::{self, customers, health, invoices, tasks};
@@ -79,7 +79,10 @@ impl Application {
             pool: pool.clone(),
             providers: settings.common.enabled_providers(),
             publisher,
-            creates: CreateBatcher::start(pool.clone(), settings.common.enabled_providers()),
+            creates: CreateBatcher::start(
+                db::bulk_pool(&settings.common.database_url, COMMITTERS as u32),
+                settings.common.enabled_providers(),
+            ),
         });
         let pool = web::Data::new(pool);
         let token = web::Data::new(ApiToken::new(settings.api_token.as_ref()));

@@ -1,6 +1,8 @@
 //! Changes to the customer catalog: each writes the customer (version + 1) and one
 //! task per enabled provider in one transaction.
 
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 
 use crate::db::customers::{self, CustomerFilter, CustomerRow};
@@ -104,103 +106,71 @@ fn existing_create(conn: &mut PgConnection, new: &NewCustomer) -> Result<Change,
     finish(conn, existing, Vec::new(), false)
 }
 
-/// Creates many customers in one transaction with a handful of statements (group commit):
+/// Creates many customers in one transaction with three statements (group commit):
 /// the same answers as [`create`] for each, in order.
 pub fn create_batch(
     conn: &mut PgConnection,
     batch: &[(NewCustomer, Origin)],
     providers: &[Provider],
 ) -> Result<Vec<Result<Change, CatalogError>>, DbError> {
-    use crate::db::schema::{customers as c, provider_links as l, sync_tasks as t};
     conn.transaction(|conn| {
-        let rows: Vec<_> = batch
-            .iter()
-            .map(|(new, _)| {
-                (
-                    c::id.eq(new.id.as_str()),
-                    c::name.eq(new.name.as_str()),
-                    c::email.eq(new.email.as_str()),
-                )
-            })
-            .collect();
-        let inserted: Vec<CustomerRow> = diesel::insert_into(c::table)
-            .values(&rows)
-            .on_conflict_do_nothing()
-            .returning(CustomerRow::as_returning())
-            .get_results(conn)?;
-        let mut fresh: std::collections::HashMap<String, CustomerRow> = inserted
+        let column = |f: fn(&NewCustomer) -> &str| -> Vec<&str> {
+            batch.iter().map(|(new, _)| f(new)).collect()
+        };
+        let inserted = customers::insert_many(
+            conn,
+            &column(|n| n.id.as_str()),
+            &column(|n| n.name.as_str()),
+            &column(|n| n.email.as_str()),
+        )?;
+        let mut fresh: HashMap<String, CustomerRow> = inserted
             .into_iter()
             .map(|row| (row.id.clone(), row))
             .collect();
         // Which item created each row (the first with that id), in request order.
-        let mut created: Vec<Option<CustomerRow>> = batch
+        let created: Vec<Option<CustomerRow>> = batch
             .iter()
             .map(|(new, _)| fresh.remove(new.id.as_str()))
             .collect();
-        let link_rows: Vec<_> = created
+        let new_tasks: Vec<queue::NewTask<'_>> = batch
             .iter()
-            .flatten()
-            .flat_map(|row| {
-                providers.iter().map(move |p| {
-                    (
-                        l::customer_id.eq(row.id.clone()),
-                        l::provider.eq(p.as_str()),
-                    )
+            .zip(&created)
+            .filter_map(|((_, origin), row)| row.as_ref().map(|row| (origin, row)))
+            .flat_map(|(origin, row)| {
+                providers.iter().map(move |&provider| queue::NewTask {
+                    provider,
+                    customer_id: &row.id,
+                    operation: Operation::Create,
+                    version: row.version,
+                    request_id: origin.request_id.as_deref(),
                 })
             })
             .collect();
-        let mut task_rows_by_customer: std::collections::HashMap<String, Vec<TaskRow>> =
-            Default::default();
         // A new customer has no links yet, so the inserted rows are all of them.
-        let mut links: Vec<LinkRow> = Vec::new();
-        if !link_rows.is_empty() {
-            links = diesel::insert_into(l::table)
-                .values(&link_rows)
-                .on_conflict_do_nothing()
-                .returning(LinkRow::as_returning())
-                .get_results(conn)?;
-            let new_tasks: Vec<_> = batch
-                .iter()
-                .zip(&created)
-                .filter_map(|((_, origin), row)| row.as_ref().map(|row| (origin, row)))
-                .flat_map(|(origin, row)| {
-                    providers.iter().map(move |p| {
-                        let id = crate::domain::TaskId::generate();
-                        (
-                            t::id.eq(id.as_uuid()),
-                            t::provider.eq(p.as_str()),
-                            t::customer_id.eq(row.id.clone()),
-                            t::operation.eq(Operation::Create.as_str()),
-                            t::version.eq(row.version),
-                            t::idempotency_key.eq(queue::key_for(id)),
-                            t::request_id.eq(origin.request_id.clone()),
-                        )
-                    })
-                })
-                .collect();
-            let tasks: Vec<TaskRow> = diesel::insert_into(t::table)
-                .values(&new_tasks)
-                .returning(TaskRow::as_returning())
-                .get_results(conn)?;
-            for task in tasks {
-                task_rows_by_customer
+        let mut links: HashMap<String, Vec<LinkRow>> = HashMap::new();
+        let mut tasks: HashMap<String, Vec<TaskRow>> = HashMap::new();
+        if !new_tasks.is_empty() {
+            let customer_ids: Vec<&str> = new_tasks.iter().map(|t| t.customer_id).collect();
+            let link_providers: Vec<&str> = new_tasks.iter().map(|t| t.provider.as_str()).collect();
+            for link in links::insert_many(conn, &customer_ids, &link_providers)? {
+                links
+                    .entry(link.customer_id.clone())
+                    .or_default()
+                    .push(link);
+            }
+            for task in queue::enqueue_many(conn, &new_tasks)? {
+                tasks
                     .entry(task.customer_id.clone())
                     .or_default()
                     .push(task);
             }
         }
         let mut answers = Vec::with_capacity(batch.len());
-        for ((new, _), row) in batch.iter().zip(created.iter_mut()) {
-            let answer = match row.take() {
+        for ((new, _), row) in batch.iter().zip(created) {
+            let answer = match row {
                 Some(customer) => Ok(Change {
-                    links: links
-                        .iter()
-                        .filter(|l| l.customer_id == customer.id)
-                        .cloned()
-                        .collect(),
-                    tasks: task_rows_by_customer
-                        .remove(&customer.id)
-                        .unwrap_or_default(),
+                    links: links.remove(&customer.id).unwrap_or_default(),
+                    tasks: tasks.remove(&customer.id).unwrap_or_default(),
                     customer,
                     changed: true,
                 }),

@@ -31,6 +31,38 @@ pub fn enqueue(
         .get_result(conn)
 }
 
+/// A task to add with [`enqueue_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewTask<'a> {
+    pub provider: Provider,
+    pub customer_id: &'a str,
+    pub operation: Operation,
+    pub version: i64,
+    pub request_id: Option<&'a str>,
+}
+
+/// Adds pending tasks in one statement, in the order given (so their `seq` follows it);
+/// call it inside the transaction that made the changes.
+pub fn enqueue_many(conn: &mut PgConnection, tasks: &[NewTask<'_>]) -> QueryResult<Vec<TaskRow>> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text, Uuid};
+    let ids: Vec<TaskId> = tasks.iter().map(|_| TaskId::generate()).collect();
+    diesel::sql_query(
+        "INSERT INTO sync_tasks \
+         (id, provider, customer_id, operation, version, idempotency_key, request_id) \
+         SELECT i, p, c, o, v, k, r FROM unnest($1::uuid[], $2::text[], $3::text[], \
+           $4::text[], $5::bigint[], $6::text[], $7::text[]) WITH ORDINALITY AS t(i, p, c, o, v, k, r, n) \
+         ORDER BY n RETURNING *",
+    )
+    .bind::<Array<Uuid>, _>(ids.iter().map(|id| id.as_uuid()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(tasks.iter().map(|t| t.provider.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(tasks.iter().map(|t| t.customer_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(tasks.iter().map(|t| t.operation.as_str()).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(tasks.iter().map(|t| t.version).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(ids.iter().map(|&id| key_for(id)).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(tasks.iter().map(|t| t.request_id).collect::<Vec<_>>())
+    .load(conn)
+}
+
 /// Claims up to `limit` due tasks of `provider` for `owner` under a lease.
 ///
 /// Only the oldest unfinished task of each customer and provider can be claimed, so one

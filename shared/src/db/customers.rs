@@ -7,7 +7,7 @@ use super::schema::customers;
 use crate::domain::{CustomerId, CustomerName, Email};
 
 /// A row of `customers`.
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Identifiable)]
 #[diesel(table_name = customers)]
 pub struct CustomerRow {
     pub id: String,
@@ -36,6 +36,30 @@ pub fn insert_if_absent(
         .returning(CustomerRow::as_returning())
         .get_result(conn)
         .optional()
+}
+
+/// Inserts customers at version 1, skipping ids that are taken (and repeats of an id
+/// within `ids`, where the first wins); returns the inserted rows.
+///
+/// The rows travel as three arrays, so the statement text is the same whatever the
+/// batch size: PostgreSQL parses and plans it in constant time, where a multi-row
+/// `VALUES` list costs planning work for every row.
+pub fn insert_many(
+    conn: &mut PgConnection,
+    ids: &[&str],
+    names: &[&str],
+    emails: &[&str],
+) -> QueryResult<Vec<CustomerRow>> {
+    use diesel::sql_types::{Array, Text};
+    diesel::sql_query(
+        "INSERT INTO customers (id, name, email) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
+         ON CONFLICT DO NOTHING RETURNING *",
+    )
+    .bind::<Array<Text>, _>(ids)
+    .bind::<Array<Text>, _>(names)
+    .bind::<Array<Text>, _>(emails)
+    .load(conn)
 }
 
 /// The customer, or `None`.

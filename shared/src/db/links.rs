@@ -7,7 +7,7 @@ use super::schema::provider_links;
 use crate::domain::{CustomerId, Provider};
 
 /// A row of `provider_links`.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = provider_links)]
 pub struct LinkRow {
     pub customer_id: String,
@@ -20,6 +20,23 @@ pub struct LinkRow {
     pub remote_email: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Inserts unsynced links, the i-th for `customers[i]` at `providers[i]`, for customers
+/// that have none yet (as [`super::customers::insert_many`], one statement text for any size).
+pub fn insert_many(
+    conn: &mut PgConnection,
+    customers: &[&str],
+    providers: &[&str],
+) -> QueryResult<Vec<LinkRow>> {
+    use diesel::sql_types::{Array, Text};
+    diesel::sql_query(
+        "INSERT INTO provider_links (customer_id, provider) \
+         SELECT * FROM unnest($1::text[], $2::text[]) RETURNING *",
+    )
+    .bind::<Array<Text>, _>(customers)
+    .bind::<Array<Text>, _>(providers)
+    .load(conn)
 }
 
 /// Makes sure the customer has a (possibly still unsynced) link row for the provider.

@@ -1,0 +1,94 @@
+//! Group-committed creates against a real PostgreSQL: each item gets the answer a single
+//! create would have given it.
+
+use diesel::prelude::*;
+use shared::catalog::{self, CatalogError, NewCustomer, Origin};
+use shared::db::schema::sync_tasks;
+use shared::domain::{CustomerId, CustomerName, Email, Provider};
+use shared::testing::TestDatabase;
+
+fn item(id: &str, name: &str, request: &str) -> (NewCustomer, Origin) {
+    let new = NewCustomer {
+        id: CustomerId::parse(id).unwrap(),
+        name: CustomerName::parse(name).unwrap(),
+        email: Email::parse(&format!("{id}@example.com")).unwrap(),
+    };
+    let origin = Origin {
+        request_id: Some(request.to_owned()),
+    };
+    (new, origin)
+}
+
+#[test]
+fn a_batch_answers_each_item_as_a_single_create_would() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    let providers = [Provider::Stripe, Provider::Salesforce];
+    let (old, origin) = item("old", "Old", "r0");
+    catalog::create(&mut conn, &old, &providers, &origin).unwrap();
+
+    let batch = vec![
+        item("a", "Ada", "r1"),
+        item("old", "Old", "r2"), // a retry of an existing create
+        item("b", "Bob", "r3"),
+        item("a", "Ada", "r4"),   // the same create twice in one batch
+        item("b", "Other", "r5"), // the same id with other fields
+        item("old", "New", "r6"), // an existing id with other fields
+    ];
+    let answers = catalog::create_batch(&mut conn, &batch, &providers).unwrap();
+
+    let summary: Vec<_> = answers
+        .iter()
+        .map(|answer| match answer {
+            Ok(change) => (change.changed, change.tasks.len(), change.links.len()),
+            Err(CatalogError::Conflict { code, .. }) => {
+                assert_eq!(*code, "customer_exists");
+                (false, usize::MAX, 0)
+            }
+            Err(other) => panic!("unexpected {other}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (true, 2, 2),
+            (false, 0, 2),
+            (true, 2, 2),
+            (false, 0, 2),
+            (false, usize::MAX, 0),
+            (false, usize::MAX, 0)
+        ]
+    );
+    let ada = answers[0].as_ref().unwrap();
+    assert_eq!(ada.customer.name, "Ada");
+    assert_eq!(ada.customer.version, 1);
+    for task in &ada.tasks {
+        assert_eq!(
+            (task.customer_id.as_str(), task.operation.as_str()),
+            ("a", "create")
+        );
+        assert_eq!(task.request_id.as_deref(), Some("r1"));
+        assert_eq!(task.idempotency_key, format!("customer-sync-{}", task.id));
+    }
+    let mut providers_of_ada: Vec<_> = ada.tasks.iter().map(|t| t.provider.as_str()).collect();
+    providers_of_ada.sort();
+    assert_eq!(providers_of_ada, ["salesforce", "stripe"]);
+
+    // Tasks are numbered in request order, so per-customer order holds across a batch.
+    let order: Vec<String> = sync_tasks::table
+        .order(sync_tasks::seq)
+        .select(sync_tasks::customer_id)
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(order, ["old", "old", "a", "a", "b", "b"]);
+}
+
+#[test]
+fn a_batch_without_providers_creates_customers_and_no_tasks() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    let answers = catalog::create_batch(&mut conn, &[item("solo", "Solo", "r1")], &[]).unwrap();
+    let change = answers[0].as_ref().unwrap();
+    assert!(change.changed);
+    assert!(change.tasks.is_empty() && change.links.is_empty());
+}
