@@ -1,41 +1,46 @@
-//! Group commit for creates: requests that arrive while a transaction commits are written
-//! together in the next one, so a burst costs a few statements and one fsync per batch
-//! instead of per request. Each caller still gets its answer only after the commit.
+//! Group commit: requests that arrive while a transaction commits are written together
+//! in the next one, so a burst costs a few statements and one commit per batch instead
+//! of per request. Each caller still gets its answer only after the commit.
+//!
+//! Items are routed to a committer by a key (a customer), so the changes to one customer
+//! stay in one committer, in arrival order, and two committers never wait on each
+//! other's row locks.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use shared::catalog::{self, CatalogError, Change, NewCustomer, Origin};
-use shared::db::{self, DbError, PgPool};
-use shared::domain::Provider;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use shared::db::{self, DbError, PgConn, PgPool};
+use tokio::sync::{mpsc, oneshot};
 
-/// The most creates written in one transaction.
+/// The most items written in one transaction.
 const MAX_BATCH: usize = 256;
-/// Transactions in flight at once (each holds one connection).
-pub const COMMITTERS: usize = 2;
 
-type Reply = oneshot::Sender<Result<Change, CatalogError>>;
+type Reply<T, E> = oneshot::Sender<Result<T, E>>;
+
+/// Writes a batch in one transaction: one answer per item, in order. An `Err` fails the
+/// whole batch (every caller gets it).
+pub type CommitFn<I, T, E> =
+    dyn Fn(&mut PgConn, Vec<I>) -> Result<Vec<Result<T, E>>, DbError> + Send + Sync;
 
 /// A handle to the committers.
-#[derive(Clone)]
-pub struct CreateBatcher {
-    queue: mpsc::Sender<(NewCustomer, Origin, Reply)>,
+pub struct GroupCommit<I, T, E> {
+    queues: Vec<mpsc::Sender<(I, Reply<T, E>)>>,
 }
 
-impl CreateBatcher {
-    /// Starts the committer tasks.
-    pub fn start(pool: PgPool, providers: Vec<Provider>) -> Self {
-        let (queue, rx) = mpsc::channel::<(NewCustomer, Origin, Reply)>(MAX_BATCH * COMMITTERS * 4);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..COMMITTERS {
-            let (rx, pool, providers) = (rx.clone(), pool.clone(), providers.clone());
-            tokio::spawn(async move {
-                loop {
-                    let batch = {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else {
-                            return;
-                        };
+impl<I, T, E> GroupCommit<I, T, E>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+{
+    /// Starts `committers` committer tasks on `pool` (one connection each).
+    pub fn start(pool: PgPool, committers: usize, commit: Arc<CommitFn<I, T, E>>) -> Self {
+        let queues = (0..committers)
+            .map(|_| {
+                let (queue, mut rx) = mpsc::channel::<(I, Reply<T, E>)>(MAX_BATCH * 4);
+                let (pool, commit) = (pool.clone(), commit.clone());
+                tokio::spawn(async move {
+                    while let Some(first) = rx.recv().await {
                         let mut batch = vec![first];
                         while batch.len() < MAX_BATCH {
                             match rx.try_recv() {
@@ -43,64 +48,57 @@ impl CreateBatcher {
                                 Err(_) => break,
                             }
                         }
-                        batch
-                    };
-                    commit(&pool, &providers, batch).await;
-                }
-            });
-        }
-        Self { queue }
+                        run_batch(&pool, &commit, batch).await;
+                    }
+                });
+                queue
+            })
+            .collect();
+        Self { queues }
     }
 
-    /// Creates one customer as part of the next batch; resolves after its commit.
-    pub async fn create(&self, new: NewCustomer, origin: Origin) -> Result<Change, CatalogError> {
+    /// Writes `item` as part of its committer's next batch; resolves after the commit.
+    pub async fn submit(&self, key: &str, item: I) -> Result<T, E> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let queue = &self.queues[hasher.finish() as usize % self.queues.len()];
         let (reply, answer) = oneshot::channel();
-        self.queue.send((new, origin, reply)).await.map_err(|_| {
-            CatalogError::Db(DbError::Unexpected(anyhow::anyhow!("batcher stopped")))
-        })?;
-        answer
+        let stopped = || DbError::Unexpected(anyhow::anyhow!("committer stopped"));
+        queue
+            .send((item, reply))
             .await
-            .map_err(|_| CatalogError::Db(DbError::Unexpected(anyhow::anyhow!("batch dropped"))))?
+            .map_err(|_| E::from(stopped()))?;
+        answer.await.map_err(|_| E::from(stopped()))?
     }
 }
 
-async fn commit(pool: &PgPool, providers: &[Provider], batch: Vec<(NewCustomer, Origin, Reply)>) {
-    let items: Vec<(NewCustomer, Origin)> = batch
-        .iter()
-        .map(|(new, origin, _)| (new.clone(), origin.clone()))
-        .collect();
-    let providers_for_batch = providers.to_vec();
-    let answers = db::run(pool, move |conn| {
-        match catalog::create_batch(conn, &items, &providers_for_batch) {
-            Ok(answers) => Ok(answers),
-            // One bad item must not fail the others: fall back to one transaction each.
-            Err(DbError::Unexpected(e)) if items.len() > 1 => {
-                tracing::warn!(error = %e, size = items.len(), "batch failed; committing one by one");
-                Ok(items
-                    .iter()
-                    .map(|(new, origin)| catalog::create(conn, new, &providers_for_batch, origin))
-                    .collect())
-            }
-            Err(e) => Err(e),
-        }
-    })
-    .await;
-    match answers {
+async fn run_batch<I, T, E>(
+    pool: &PgPool,
+    commit: &Arc<CommitFn<I, T, E>>,
+    batch: Vec<(I, Reply<T, E>)>,
+) where
+    I: Send + 'static,
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+{
+    let (items, replies): (Vec<I>, Vec<Reply<T, E>>) = batch.into_iter().unzip();
+    let commit = commit.clone();
+    match db::run(pool, move |conn| commit(conn, items)).await {
         Ok(answers) => {
-            for ((_, _, reply), answer) in batch.into_iter().zip(answers) {
+            for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }
         }
         Err(e) => {
             let message = e.to_string();
             let unavailable = matches!(e, DbError::Unavailable(_));
-            for (_, _, reply) in batch {
+            for reply in replies {
                 let error = if unavailable {
                     DbError::Unavailable(message.clone())
                 } else {
                     DbError::Unexpected(anyhow::anyhow!(message.clone()))
                 };
-                let _ = reply.send(Err(CatalogError::Db(error)));
+                let _ = reply.send(Err(error.into()));
             }
         }
     }

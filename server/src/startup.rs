@@ -12,10 +12,17 @@ use shared::domain::Provider;
 use tracing_actix_web::{RequestId, TracingLogger};
 
 use crate::auth::{require_token, ApiToken};
-use crate::batcher::{CreateBatcher, COMMITTERS};
+use crate::batcher::GroupCommit;
 use crate::publisher::Publisher;
 use crate::routes::webhook::{self, WebhookSettings};
 use crate::routes::{self, customers, health, invoices, tasks};
+
+/// Committers for creates: two keep both cores busy; more made batches smaller and the
+/// task API slower (see BENCHMARKS.md).
+const CREATE_COMMITTERS: usize = 2;
+/// Committers for webhook events: an event takes several round trips in its batch, so
+/// more transactions in flight keep PostgreSQL busy while each waits on the network.
+const EVENT_COMMITTERS: usize = 4;
 
 /// What every handler shares.
 pub struct AppState {
@@ -26,7 +33,9 @@ pub struct AppState {
     /// The ZeroMQ publisher.
     pub publisher: Publisher,
     /// Group commit for creates.
-    pub creates: CreateBatcher,
+    pub creates: customers::Creates,
+    /// Group commit for webhook events.
+    pub events: webhook::Events,
 }
 
 impl AppState {
@@ -79,9 +88,15 @@ impl Application {
             pool: pool.clone(),
             providers: settings.common.enabled_providers(),
             publisher,
-            creates: CreateBatcher::start(
-                db::bulk_pool(&settings.common.database_url, COMMITTERS as u32),
-                settings.common.enabled_providers(),
+            creates: GroupCommit::start(
+                db::bulk_pool(&settings.common.database_url, CREATE_COMMITTERS as u32),
+                CREATE_COMMITTERS,
+                customers::commit_creates(settings.common.enabled_providers()),
+            ),
+            events: GroupCommit::start(
+                db::bulk_pool(&settings.common.database_url, EVENT_COMMITTERS as u32),
+                EVENT_COMMITTERS,
+                webhook::commit_events(settings.common.enabled_providers()),
             ),
         });
         let pool = web::Data::new(pool);

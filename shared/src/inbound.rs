@@ -93,6 +93,17 @@ impl Event {
     fn object_id(&self) -> Option<&str> {
         self.data.object.get("id").and_then(Value::as_str)
     }
+
+    /// The Stripe customer the event is about (the object itself, or an invoice's
+    /// customer); the event's own id for anything else.
+    pub fn customer_key(&self) -> &str {
+        let object = &self.data.object;
+        let customer = match object.get("object").and_then(Value::as_str) {
+            Some("customer") => object.get("id"),
+            _ => object.get("customer"),
+        };
+        customer.and_then(Value::as_str).unwrap_or(&self.id)
+    }
 }
 
 /// What applying an event did.
@@ -113,36 +124,63 @@ pub fn apply(
     raw: &Value,
     providers: &[Provider],
 ) -> Result<Applied, DbError> {
-    let others: Vec<Provider> = providers
+    let others = others(providers);
+    conn.transaction(|conn| apply_one(conn, event, raw, &others))
+}
+
+/// Stores and applies many events in one transaction (group commit), one after the
+/// other in the order given: the same effects as [`apply`] on each in turn. Any failure
+/// rolls all of them back.
+pub fn apply_batch(
+    conn: &mut PgConnection,
+    events: &[(Event, Value)],
+    providers: &[Provider],
+) -> Result<Vec<Applied>, DbError> {
+    let others = others(providers);
+    conn.transaction(|conn| {
+        events
+            .iter()
+            .map(|(event, raw)| apply_one(conn, event, raw, &others))
+            .collect()
+    })
+}
+
+/// The providers a change from Stripe is passed on to.
+fn others(providers: &[Provider]) -> Vec<Provider> {
+    providers
         .iter()
         .copied()
         .filter(|p| *p != Provider::Stripe)
-        .collect();
-    conn.transaction(|conn| {
-        let inserted = diesel::insert_into(webhook_events::table)
-            .values((
-                webhook_events::id.eq(&event.id),
-                webhook_events::event_type.eq(&event.kind),
-                webhook_events::created.eq(event.created),
-                webhook_events::object_id.eq(event.object_id()),
-                webhook_events::payload.eq(raw),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        if inserted == 0 {
-            return Ok(Applied::Duplicate);
-        }
-        let kind = event.kind.as_str();
-        let result = match kind {
-            "customer.created" | "customer.updated" => {
-                customer_changed(conn, event, &others, false)?
-            }
-            "customer.deleted" => customer_deleted(conn, event, &others)?,
-            _ if INVOICE_EVENTS.contains(&kind) => invoice_changed(conn, event)?,
-            _ => return Ok(Applied::Unhandled),
-        };
-        Ok(Applied::Handled(result))
-    })
+        .collect()
+}
+
+fn apply_one(
+    conn: &mut PgConnection,
+    event: &Event,
+    raw: &Value,
+    others: &[Provider],
+) -> Result<Applied, DbError> {
+    let inserted = diesel::insert_into(webhook_events::table)
+        .values((
+            webhook_events::id.eq(&event.id),
+            webhook_events::event_type.eq(&event.kind),
+            webhook_events::created.eq(event.created),
+            webhook_events::object_id.eq(event.object_id()),
+            webhook_events::payload.eq(raw),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    if inserted == 0 {
+        return Ok(Applied::Duplicate);
+    }
+    let kind = event.kind.as_str();
+    let result = match kind {
+        "customer.created" | "customer.updated" => customer_changed(conn, event, others, false)?,
+        "customer.deleted" => customer_deleted(conn, event, others)?,
+        _ if INVOICE_EVENTS.contains(&kind) => invoice_changed(conn, event)?,
+        _ => return Ok(Applied::Unhandled),
+    };
+    Ok(Applied::Handled(result))
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,9 +299,12 @@ fn remember_remote(
             provider_links::remote_event_id.eq(&event.id),
             provider_links::remote_name.eq(&remote.name),
             provider_links::remote_email.eq(&remote.email),
+            // A bound value keeps the statement text constant, so it is prepared once.
             provider_links::synced_version.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                &format!("GREATEST(synced_version, {})", synced_version.unwrap_or(0)),
-            )),
+                "GREATEST(synced_version, ",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(synced_version.unwrap_or(0))
+            .sql(")")),
             provider_links::updated_at.eq(diesel::dsl::now),
         ))
         .execute(conn)
@@ -308,11 +349,7 @@ pub fn apply_current_customer(
     event_id: &str,
     providers: &[Provider],
 ) -> Result<&'static str, DbError> {
-    let others: Vec<Provider> = providers
-        .iter()
-        .copied()
-        .filter(|p| *p != Provider::Stripe)
-        .collect();
+    let others = others(providers);
     let event = Event {
         id: format!("{event_id}:current"),
         kind: "customer.updated".into(),

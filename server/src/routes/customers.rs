@@ -2,7 +2,13 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use shared::catalog::{self, Change, NewCustomer, Origin};
+use std::sync::Arc;
+
+use shared::catalog::{self, CatalogError, Change, NewCustomer, Origin};
+use shared::db::DbError;
+use shared::domain::Provider;
+
+use crate::batcher::{CommitFn, GroupCommit};
 use shared::db::customers::CustomerFilter;
 use shared::domain::{CustomerId, CustomerName, Email};
 use tracing_actix_web::RequestId;
@@ -87,6 +93,28 @@ fn respond(change: Change) -> HttpResponse {
     })
 }
 
+/// Group commit for creates.
+pub type Creates = GroupCommit<(NewCustomer, Origin), Change, CatalogError>;
+
+/// Writes a batch of creates with [`catalog::create_batch`]; when the batch fails, one
+/// transaction per create, so that one bad item does not fail the others.
+pub fn commit_creates(
+    providers: Vec<Provider>,
+) -> Arc<CommitFn<(NewCustomer, Origin), Change, CatalogError>> {
+    Arc::new(
+        move |conn, items| match catalog::create_batch(conn, &items, &providers) {
+            Err(DbError::Unexpected(e)) if items.len() > 1 => {
+                tracing::warn!(error = %e, size = items.len(), "batch failed; committing one by one");
+                Ok(items
+                    .iter()
+                    .map(|(new, origin)| catalog::create(conn, new, &providers, origin))
+                    .collect())
+            }
+            answers => answers,
+        },
+    )
+}
+
 /// Creates a customer and one task per enabled provider.
 #[tracing::instrument(skip_all, fields(customer_id))]
 pub async fn create(
@@ -106,7 +134,11 @@ pub async fn create(
             .map_err(|e| ApiError::field("email", e))?,
     };
     tracing::Span::current().record("customer_id", new.id.as_str());
-    let change = state.creates.create(new, origin(request_id)).await?;
+    let key = new.id.to_string();
+    let change = state
+        .creates
+        .submit(&key, (new, origin(request_id)))
+        .await?;
     state.publish(&change.tasks);
     Ok(respond(change))
 }

@@ -4,11 +4,14 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
+use serde_json::{json, Value};
 use shared::config::StripeSettings;
 use shared::db::DbError;
+use shared::domain::Provider;
 use shared::inbound::{self, Applied, Event, UNDECIDED_TIE};
+use std::sync::Arc;
 
+use crate::batcher::{CommitFn, GroupCommit};
 use crate::error::ApiError;
 use crate::signature::{self, SignatureHeader};
 use crate::startup::AppState;
@@ -68,6 +71,38 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::
     Ok(body.freeze())
 }
 
+/// A verified event with its raw JSON, as it is stored.
+type Delivery = (Event, Value);
+/// What applying it did, with the event back (a same-second tie needs it).
+type Outcome = (Applied, Event);
+
+/// Group commit for webhook events, by Stripe customer.
+pub type Events = GroupCommit<Delivery, Outcome, DbError>;
+
+/// Applies a batch of events with [`inbound::apply_batch`]; when the batch fails, one
+/// transaction per event, so that one failing event does not fail the others.
+pub fn commit_events(providers: Vec<Provider>) -> Arc<CommitFn<Delivery, Outcome, DbError>> {
+    Arc::new(
+        move |conn, events| match inbound::apply_batch(conn, &events, &providers) {
+            Ok(applied) => Ok(applied
+                .into_iter()
+                .zip(events)
+                .map(|(applied, (event, _))| Ok((applied, event)))
+                .collect()),
+            Err(e) if events.len() > 1 && !matches!(e, DbError::Unavailable(_)) => {
+                tracing::warn!(error = %e, size = events.len(), "batch failed; applying one by one");
+                Ok(events
+                    .into_iter()
+                    .map(|(event, raw)| {
+                        inbound::apply(conn, &event, &raw, &providers).map(|a| (a, event))
+                    })
+                    .collect())
+            }
+            Err(e) => Err(e),
+        },
+    )
+}
+
 /// Verifies, stores and applies one Stripe event.
 #[tracing::instrument(skip_all, fields(event_id, event_type))]
 pub async fn stripe(
@@ -105,9 +140,10 @@ pub async fn stripe(
     let span = tracing::Span::current();
     span.record("event_id", event.id.as_str());
     span.record("event_type", event.kind.as_str());
-    let providers = state.providers.clone();
+    let key = event.customer_key().to_owned();
     let (applied, event) = state
-        .db(move |conn| inbound::apply(conn, &event, &raw, &providers).map(|a| (a, event)))
+        .events
+        .submit(&key, (event, raw))
         .await
         // Stripe retries anything but a 2xx; the cause goes to the log.
         .map_err(|e: DbError| {
