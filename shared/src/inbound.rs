@@ -579,3 +579,35 @@ fn invoice_changed(conn: &mut PgConnection, event: &Event) -> Result<&'static st
         .execute(conn)?;
     Ok("invoice stored")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(object: &str) -> String {
+        let body =
+            format!(r#"{{"id":"evt_1","type":"x","created":1,"data":{{"object":{object}}}}}"#);
+        Event::parse(body.as_bytes())
+            .unwrap()
+            .0
+            .customer_key()
+            .to_owned()
+    }
+
+    #[test]
+    fn events_are_keyed_by_the_stripe_customer_they_concern() {
+        assert_eq!(key_of(r#"{"id":"cus_A","object":"customer"}"#), "cus_A");
+        assert_eq!(
+            key_of(r#"{"id":"in_1","object":"invoice","customer":"cus_A"}"#),
+            "cus_A"
+        );
+        assert_eq!(
+            key_of(r#"{"id":"pi_1","object":"payment_intent"}"#),
+            "evt_1"
+        );
+        assert_eq!(
+            key_of(r#"{"id":"in_2","object":"invoice","customer":null}"#),
+            "evt_1"
+        );
+    }
+}

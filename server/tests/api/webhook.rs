@@ -647,3 +647,72 @@ async fn the_webhook_needs_no_api_token_but_refuses_other_methods() {
         .unwrap();
     assert_eq!(response.status(), 405);
 }
+
+/// Deliveries that arrive together are group-committed; each must still be applied once,
+/// and one customer's events in the order they were applied (the later update wins).
+#[tokio::test]
+async fn concurrent_deliveries_and_their_duplicates_are_each_applied_once() {
+    let app = app().await;
+    let t = now();
+    let mut events = Vec::new();
+    for i in 0..25 {
+        let id = format!("cus_{i}");
+        let email = format!("c{i}@example.com");
+        events.push(event(
+            &format!("evt_{i}_created"),
+            "customer.created",
+            t,
+            customer(&id, "Old", &email, None),
+            None,
+        ));
+        events.push(event(
+            &format!("evt_{i}_updated"),
+            "customer.updated",
+            t + 1,
+            customer(&id, "New", &email, None),
+            Some(json!({"name": "Old"})),
+        ));
+    }
+    // Every event twice, interleaved so duplicates and both events of a customer tend to
+    // share a batch.
+    let deliveries: Vec<Value> = events.iter().chain(events.iter().rev()).cloned().collect();
+    let mut running = tokio::task::JoinSet::new();
+    for e in deliveries {
+        let (client, address) = (app.client.clone(), app.address.clone());
+        running.spawn(async move {
+            let body = serde_json::to_vec(&e).unwrap();
+            let response = client
+                .post(format!("{address}/api/v1/endpoint/stripe"))
+                .header("content-type", "application/json")
+                .header("stripe-signature", sign(SECRET, now(), &body))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                body["outcome"].as_str().unwrap().to_owned(),
+            )
+        });
+    }
+    let mut duplicates = std::collections::HashMap::<String, usize>::new();
+    while let Some(result) = running.join_next().await {
+        let (id, outcome) = result.unwrap();
+        *duplicates.entry(id).or_default() += usize::from(outcome == "duplicate");
+    }
+    assert_eq!(duplicates.len(), 50);
+    assert!(duplicates.values().all(|n| *n == 1), "{duplicates:?}");
+    assert_eq!(events_stored(&app), 50);
+    assert_eq!(app.count("customers"), 25);
+    for i in 0..25 {
+        let c: Value = app
+            .get(&format!("/api/v1/customers/cus_{i}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(c["name"], "New", "cus_{i}");
+    }
+}
