@@ -1,0 +1,169 @@
+//! Group-committed webhook events against a real PostgreSQL: a batch leaves the same
+//! rows and answers as applying its events one at a time.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::{json, Value};
+use shared::domain::Provider;
+use shared::inbound::{self, Applied, Event};
+use shared::testing::TestDatabase;
+
+fn event(id: &str, kind: &str, created: i64, object: Value) -> (Event, Value) {
+    let raw = json!({
+        "id": id, "object": "event", "type": kind, "created": created,
+        "data": {"object": object}
+    });
+    Event::parse(raw.to_string().as_bytes()).unwrap()
+}
+
+fn customer(id: &str, name: &str, local: Option<&str>) -> Value {
+    let metadata = local.map_or(json!({}), |l| json!({"customer_sync_id": l}));
+    json!({"id": id, "object": "customer", "name": name, "email": format!("{id}@example.com"), "metadata": metadata})
+}
+
+fn invoice(id: &str, customer: &str) -> Value {
+    json!({
+        "id": id, "object": "invoice", "customer": customer, "status": "open", "currency": "eur",
+        "amount_due": 100, "amount_paid": 0, "amount_remaining": 100, "total": 100,
+        "created": 1_700_000_000
+    })
+}
+
+/// Every row the events can touch, without timestamps and generated ids.
+fn snapshot(conn: &mut PgConnection) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        line: String,
+    }
+    let queries = [
+        "SELECT concat_ws('|', 'customer', id, name, email, version, deleted_at IS NULL) AS line FROM customers",
+        "SELECT concat_ws('|', 'link', customer_id, provider, external_id, synced_version, \
+           remote_event_created, remote_event_id, remote_name, remote_email) AS line FROM provider_links",
+        "SELECT concat_ws('|', 'task', provider, customer_id, operation, version, request_id) AS line FROM sync_tasks",
+        "SELECT concat_ws('|', 'invoice', id, customer_id, stripe_customer_id) AS line FROM invoices",
+        "SELECT concat_ws('|', 'event', id, event_type, created, object_id, payload::text) AS line FROM webhook_events",
+    ];
+    let mut lines: Vec<String> = queries
+        .iter()
+        .flat_map(|q| diesel::sql_query(*q).load::<Line>(conn).unwrap())
+        .map(|l| l.line)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A local customer `local` already linked to `cus_linked`, and a customer whose id a
+/// Stripe customer will claim.
+fn seed(conn: &mut PgConnection) {
+    conn.batch_execute(
+        "INSERT INTO customers (id, name, email) VALUES \
+           ('local', 'Local', 'local@example.com'), ('cus_taken', 'Mine', 'mine@example.com'); \
+         INSERT INTO provider_links (customer_id, provider, external_id, synced_version) \
+           VALUES ('local', 'stripe', 'cus_linked', 1)",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_batch_leaves_what_one_event_at_a_time_leaves() {
+    let providers = [Provider::Stripe, Provider::Salesforce];
+    let batch = vec![
+        event(
+            "evt_1",
+            "customer.created",
+            10,
+            customer("cus_a", "A", None),
+        ),
+        event(
+            "evt_2",
+            "customer.created",
+            10,
+            customer("cus_b", "B", None),
+        ),
+        event(
+            "evt_1",
+            "customer.created",
+            10,
+            customer("cus_a", "A", None),
+        ), // duplicate
+        event("evt_3", "invoice.created", 10, invoice("in_1", "cus_c")), // before its customer
+        event(
+            "evt_4",
+            "customer.created",
+            11,
+            customer("cus_c", "C", None),
+        ),
+        event(
+            "evt_5",
+            "customer.updated",
+            12,
+            customer("cus_c", "C2", None),
+        ),
+        event(
+            "evt_6",
+            "customer.updated",
+            12,
+            customer("cus_linked", "Remote", None),
+        ),
+        event(
+            "evt_7",
+            "customer.created",
+            13,
+            customer("cus_taken", "T", None),
+        ),
+        event(
+            "evt_8",
+            "customer.created",
+            13,
+            customer("cus_x", "X", Some("gone")),
+        ),
+        event(
+            "evt_9",
+            "customer.updated",
+            14,
+            customer("cus_d", "D", None),
+        ), // update first
+        event("evt_10", "ping", 14, json!({"id": "x"})),
+    ];
+
+    let one_by_one = TestDatabase::create();
+    let mut conn = one_by_one.connect();
+    seed(&mut conn);
+    let single: Vec<Applied> = batch
+        .iter()
+        .map(|(e, raw)| inbound::apply(&mut conn, e, raw, &providers).unwrap())
+        .collect();
+    let expected = snapshot(&mut conn);
+
+    let together = TestDatabase::create();
+    let mut conn = together.connect();
+    seed(&mut conn);
+    let batched = inbound::apply_batch(&mut conn, &batch, &providers).unwrap();
+
+    assert_eq!(batched, single);
+    assert_eq!(snapshot(&mut conn), expected);
+    // The batch did what the events ask, not merely the same wrong thing twice.
+    assert_eq!(
+        single,
+        [
+            Applied::Handled("imported"),
+            Applied::Handled("imported"),
+            Applied::Duplicate,
+            Applied::Handled("invoice stored"),
+            Applied::Handled("imported"),
+            Applied::Handled("applied"),
+            Applied::Handled("applied"),
+            Applied::Handled("id taken"),
+            Applied::Handled("unknown local id"),
+            Applied::Handled("imported"),
+            Applied::Unhandled,
+        ]
+    );
+    assert!(expected.contains(&"invoice|in_1|cus_c|cus_c".to_owned()));
+    let salesforce_creates = expected
+        .iter()
+        .filter(|l| l.starts_with("task|salesforce|") && l.contains("|create|"))
+        .count();
+    assert_eq!(salesforce_creates, 4, "{expected:#?}");
+}
