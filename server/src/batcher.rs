@@ -9,11 +9,15 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use shared::db::{self, DbError, PgConn, PgPool};
+use std::time::{Duration, Instant};
+
+use shared::db::{DbError, PgConn, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most items written in one transaction.
 const MAX_BATCH: usize = 256;
+/// How long a committer's connection may sit idle before it is tested again.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 type Reply<T, E> = oneshot::Sender<Result<T, E>>;
 
@@ -40,6 +44,7 @@ where
                 let (queue, mut rx) = mpsc::channel::<(I, Reply<T, E>)>(MAX_BATCH * 4);
                 let (pool, commit) = (pool.clone(), commit.clone());
                 tokio::spawn(async move {
+                    let mut held = None;
                     while let Some(first) = rx.recv().await {
                         let mut batch = vec![first];
                         while batch.len() < MAX_BATCH {
@@ -48,7 +53,7 @@ where
                                 Err(_) => break,
                             }
                         }
-                        run_batch(&pool, &commit, batch).await;
+                        held = run_batch(&pool, held, &commit, batch).await;
                     }
                 });
                 queue
@@ -72,18 +77,51 @@ where
     }
 }
 
+/// A connection a committer keeps between batches, with when it last worked.
+type Held = (PgConn, Instant);
+
+/// Writes one batch and answers its callers; returns the connection to keep for the next.
+///
+/// The pool tests a connection with a round trip each time it is checked out, as many
+/// round trips as a small batch takes. A committer under load therefore keeps its
+/// connection, and goes back to the pool (and its test) only after an idle second, as
+/// when PostgreSQL may have restarted, or after a failure.
 async fn run_batch<I, T, E>(
     pool: &PgPool,
+    held: Option<Held>,
     commit: &Arc<CommitFn<I, T, E>>,
     batch: Vec<(I, Reply<T, E>)>,
-) where
+) -> Option<Held>
+where
     I: Send + 'static,
     T: Send + 'static,
     E: From<DbError> + Send + 'static,
 {
     let (items, replies): (Vec<I>, Vec<Reply<T, E>>) = batch.into_iter().unzip();
     let commit = commit.clone();
-    match db::run(pool, move |conn| commit(conn, items)).await {
+    let pool = pool.clone();
+    let held = held.filter(|(_, used)| used.elapsed() < RECHECK_AFTER);
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut conn = match held {
+            Some((conn, _)) => conn,
+            None => pool
+                .get()
+                .map_err(|e| DbError::Unavailable(e.to_string()))?,
+        };
+        let answers = commit(&mut conn, items)?;
+        Ok((answers, conn))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(DbError::Unexpected(anyhow::anyhow!(
+            "committer failed: {e}"
+        )))
+    });
+    let (answers, keep) = match outcome {
+        Ok((answers, conn)) => (Ok(answers), Some((conn, Instant::now()))),
+        Err(e) => (Err(e), None),
+    };
+    match answers {
         Ok(answers) => {
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
@@ -102,4 +140,5 @@ async fn run_batch<I, T, E>(
             }
         }
     }
+    keep
 }

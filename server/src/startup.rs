@@ -20,9 +20,9 @@ use crate::routes::{self, customers, health, invoices, tasks};
 /// Committers for creates: two keep both cores busy; more made batches smaller and the
 /// task API slower (see BENCHMARKS.md).
 const CREATE_COMMITTERS: usize = 2;
-/// Committers for webhook events: an event takes several round trips in its batch, so
-/// more transactions in flight keep PostgreSQL busy while each waits on the network.
-const EVENT_COMMITTERS: usize = 4;
+/// Committers for webhook events: two, as for creates; three was no faster, and four or
+/// more made batches smaller and ingest slower (see BENCHMARKS.md).
+const EVENT_COMMITTERS: usize = 2;
 
 /// What every handler shares.
 pub struct AppState {

@@ -415,3 +415,46 @@ async fn a_change_and_its_tasks_commit_together_or_not_at_all() {
     assert_eq!(customer["version"], 1);
     assert!(customer["deleted_at"].is_null());
 }
+
+/// A committer keeps its connection between busy batches; when PostgreSQL drops it (a
+/// restart, a failover), the create on it gets a clear 503 and writes nothing, and the
+/// committer takes a tested connection for the next.
+#[tokio::test]
+async fn creates_recover_when_postgresql_drops_the_connections() {
+    let app = spawn_app().await;
+    app.create_customer("before", "Before", "before@example.com")
+        .await;
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut app.conn())
+    .unwrap();
+
+    let mut failed = Vec::new();
+    for i in 0..10 {
+        let id = format!("after-{i}");
+        let body = json!({"id": id, "name": "After", "email": "after@example.com"});
+        let response = app.post("/api/v1/customers", &body).await;
+        match response.status().as_u16() {
+            202 => {}
+            503 => {
+                assert_eq!(error_of(response).await.0, "database_unavailable");
+                failed.push(id);
+            }
+            other => panic!("creating {id}: {other}"),
+        }
+    }
+    // At most one failure per committer (two), and none once they have reconnected.
+    assert!(failed.len() <= 2, "{failed:?}");
+    assert!(!failed.contains(&"after-9".to_owned()), "{failed:?}");
+    assert_eq!(app.counts().0, 11 - failed.len() as i64);
+    for id in &failed {
+        assert_eq!(
+            app.get(&format!("/api/v1/customers/{id}")).await.status(),
+            404
+        );
+        app.create_customer(id, "After", "after@example.com").await;
+    }
+    assert_eq!(app.counts().0, 11);
+}
