@@ -173,7 +173,7 @@ fn store_events(conn: &mut PgConnection, events: &[(Event, Value)]) -> QueryResu
         #[diesel(sql_type = Text)]
         id: String,
     }
-    let stored: Vec<Stored> = diesel::sql_query(
+    let stored: Vec<Stored> = crate::db::statement::statement(
         "INSERT INTO webhook_events (id, event_type, created, object_id, payload) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[]) \
          ON CONFLICT DO NOTHING RETURNING id",
@@ -317,7 +317,7 @@ fn import_many(
     let ids: Vec<&str> = imported.iter().map(|i| i.remote.id.as_str()).collect();
     let versions: Vec<i64> = ids.iter().map(|id| inserted[*id].version).collect();
     // The Stripe link, with what remember_remote would record, in one statement.
-    diesel::sql_query(
+    crate::db::statement::statement(
         "INSERT INTO provider_links (customer_id, provider, external_id, synced_version, \
            remote_event_created, remote_event_id, remote_name, remote_email) \
          SELECT c, 'stripe', c, v, ec, ei, rn, re FROM unnest($1::text[], $2::bigint[], \

@@ -46,7 +46,7 @@ pub struct NewTask<'a> {
 pub fn enqueue_many(conn: &mut PgConnection, tasks: &[NewTask<'_>]) -> QueryResult<Vec<TaskRow>> {
     use diesel::sql_types::{Array, BigInt, Nullable, Text, Uuid};
     let ids: Vec<TaskId> = tasks.iter().map(|_| TaskId::generate()).collect();
-    diesel::sql_query(
+    crate::db::statement::statement(
         "INSERT INTO sync_tasks \
          (id, provider, customer_id, operation, version, idempotency_key, request_id) \
          SELECT i, p, c, o, v, k, r FROM unnest($1::uuid[], $2::text[], $3::text[], \

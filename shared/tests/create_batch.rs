@@ -92,3 +92,29 @@ fn a_batch_without_providers_creates_customers_and_no_tasks() {
     assert!(change.changed);
     assert!(change.tasks.is_empty() && change.links.is_empty());
 }
+
+/// The bulk statements are prepared once per connection and reused, not parsed and
+/// planned on every batch (what `diesel::sql_query` would do).
+#[test]
+fn bulk_statements_are_prepared_once_per_connection() {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    let providers = [Provider::Stripe];
+    for round in 0..3 {
+        let batch = vec![item(&format!("c{round}"), "C", &format!("r{round}"))];
+        catalog::create_batch(&mut conn, &batch, &providers).unwrap();
+    }
+    let prepared = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements \
+         WHERE statement LIKE '%unnest%' AND NOT from_sql",
+    )
+    .get_result::<Count>(&mut conn)
+    .unwrap();
+    // customers, links and tasks: three statements, each prepared once for three batches.
+    assert_eq!(prepared.n, 3);
+}

@@ -51,7 +51,7 @@ pub fn insert_many(
     emails: &[&str],
 ) -> QueryResult<Vec<CustomerRow>> {
     use diesel::sql_types::{Array, Text};
-    diesel::sql_query(
+    super::statement::statement(
         "INSERT INTO customers (id, name, email) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
          ON CONFLICT DO NOTHING RETURNING *",

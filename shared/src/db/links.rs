@@ -30,7 +30,7 @@ pub fn insert_many(
     providers: &[&str],
 ) -> QueryResult<Vec<LinkRow>> {
     use diesel::sql_types::{Array, Text};
-    diesel::sql_query(
+    super::statement::statement(
         "INSERT INTO provider_links (customer_id, provider) \
          SELECT * FROM unnest($1::text[], $2::text[]) RETURNING *",
     )

@@ -4,6 +4,7 @@ pub mod customers;
 pub mod invoices;
 pub mod links;
 pub mod schema;
+pub mod statement;
 pub mod tasks;
 
 use std::time::Duration;
