@@ -8,7 +8,6 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-
 use std::time::{Duration, Instant};
 
 use shared::db::{DbError, PgConn, PgPool};
@@ -85,7 +84,9 @@ type Held = (PgConn, Instant);
 /// The pool tests a connection with a round trip each time it is checked out, as many
 /// round trips as a small batch takes. A committer under load therefore keeps its
 /// connection, and goes back to the pool (and its test) only after an idle second, as
-/// when PostgreSQL may have restarted, or after a failure.
+/// when PostgreSQL may have restarted, or after a failure. A connection that PostgreSQL
+/// dropped while it was held fails its next batch (a clear `Unavailable`), then is
+/// replaced.
 async fn run_batch<I, T, E>(
     pool: &PgPool,
     held: Option<Held>,
@@ -109,7 +110,10 @@ where
                 .map_err(|e| DbError::Unavailable(e.to_string()))?,
         };
         let answers = commit(&mut conn, items)?;
-        Ok((answers, conn))
+        // A connection whose transaction state is broken (a failed rollback) goes back to
+        // the pool, which discards it.
+        let reusable = !diesel::r2d2::R2D2Connection::is_broken(&mut *conn);
+        Ok((answers, reusable.then_some(conn)))
     })
     .await
     .unwrap_or_else(|e| {
@@ -118,7 +122,7 @@ where
         )))
     });
     let (answers, keep) = match outcome {
-        Ok((answers, conn)) => (Ok(answers), Some((conn, Instant::now()))),
+        Ok((answers, conn)) => (Ok(answers), conn.map(|conn| (conn, Instant::now()))),
         Err(e) => (Err(e), None),
     };
     match answers {
