@@ -248,32 +248,36 @@ fn new_stripe_customers(
     if imports.is_empty() {
         return Ok(imports);
     }
-    // One index probe per id, whatever the table's statistics say: a plan that scans
-    // the whole table for `= ANY($1)` can be cached while the table is still small.
-    // No row lock: a linked customer is left to apply_stored, which takes it.
+    // One index probe per id, whatever the table's statistics say. `= ANY($1)`, or the
+    // same subquery without its LIMIT (which PostgreSQL flattens into a join), can be
+    // planned as a scan of every Stripe link and a hash join when the statistics are
+    // stale: milliseconds per batch, growing with the table. The LIMIT keeps the
+    // subquery a probe per id. No row lock: a linked customer is left to apply_stored,
+    // which takes it.
     #[derive(QueryableByName)]
     struct Linked {
         #[diesel(sql_type = diesel::sql_types::Text)]
         external_id: String,
     }
-    let linked: std::collections::HashSet<String> = diesel::sql_query(
-        "SELECT l.external_id FROM unnest($1::text[]) AS t(id), LATERAL \
-           (SELECT external_id FROM provider_links \
-            WHERE provider = 'stripe' AND external_id = t.id) AS l",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(
-        imports
-            .iter()
-            .map(|i| i.remote.id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .load::<Linked>(conn)?
-    .into_iter()
-    .map(|row| row.external_id)
-    .collect();
+    let linked: std::collections::HashSet<String> = diesel::sql_query(LINKED_STRIPE_IDS)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(
+            imports
+                .iter()
+                .map(|i| i.remote.id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .load::<Linked>(conn)?
+        .into_iter()
+        .map(|row| row.external_id)
+        .collect();
     imports.retain(|import| !linked.contains(&import.remote.id));
     Ok(imports)
 }
+
+/// The given Stripe customer ids that are linked already (see `new_stripe_customers`).
+const LINKED_STRIPE_IDS: &str = "SELECT l.external_id FROM unnest($1::text[]) AS t(id), LATERAL \
+       (SELECT external_id FROM provider_links \
+        WHERE provider = 'stripe' AND external_id = t.id LIMIT 1) AS l";
 
 /// [`created_in_stripe`] for many customers at once: a few statements whatever their
 /// number. Answers each import's index with its effect.
@@ -837,6 +841,41 @@ mod tests {
             .0
             .customer_key()
             .to_owned()
+    }
+
+    /// The link lookup stays one index probe per id on a large table whose statistics
+    /// were never gathered (a hash join over every link took milliseconds per batch).
+    #[cfg(feature = "testing")]
+    #[test]
+    fn the_link_lookup_probes_the_index_per_id_whatever_the_statistics() {
+        use diesel::connection::SimpleConnection;
+        #[derive(QueryableByName)]
+        struct Line {
+            #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let db = crate::testing::TestDatabase::create();
+        let mut conn = db.connect();
+        conn.batch_execute(
+            "INSERT INTO customers (id, name, email) \
+               SELECT 'cus_' || g, 'N', 'n@example.com' FROM generate_series(1, 20000) g; \
+             INSERT INTO provider_links (customer_id, provider, external_id) \
+               SELECT 'cus_' || g, 'stripe', 'cus_' || g FROM generate_series(1, 20000) g;",
+        )
+        .unwrap();
+        let ids: Vec<String> = (0..16).map(|n| format!("cus_{}", n * 997)).collect();
+        let plan: Vec<Line> = diesel::sql_query(format!("EXPLAIN {LINKED_STRIPE_IDS}"))
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&ids)
+            .load(&mut conn)
+            .unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Nested Loop"), "{plan}");
+        assert!(plan.contains("Index"), "{plan}");
+        assert!(
+            !plan.contains("Hash") && !plan.contains("Seq Scan"),
+            "{plan}"
+        );
     }
 
     #[test]
