@@ -168,16 +168,21 @@ impl Stack {
 
     /// Rows in a table of the bench database.
     pub fn count(&self, table: &str) -> anyhow::Result<i64> {
+        self.count_where(table, "true")
+    }
+
+    /// Rows of `table` matching `condition` (SQL).
+    pub fn count_where(&self, table: &str, condition: &str) -> anyhow::Result<i64> {
         #[derive(QueryableByName)]
         struct Count {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        Ok(
-            diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
-                .get_result::<Count>(&mut self.db.connect())?
-                .n,
-        )
+        Ok(diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM {table} WHERE {condition}"
+        ))
+        .get_result::<Count>(&mut self.db.connect())?
+        .n)
     }
 
     /// Peak resident memory of each process so far (VmHWM).

@@ -463,12 +463,17 @@ impl RemoteCustomer {
     }
 }
 
-/// The Stripe link of a Stripe customer id, locked.
-fn link_by_external(conn: &mut PgConnection, stripe_id: &str) -> QueryResult<Option<LinkRow>> {
+/// The customer linked to a Stripe customer id and its Stripe link, both locked, in one
+/// statement.
+fn linked_by_external(
+    conn: &mut PgConnection,
+    stripe_id: &str,
+) -> QueryResult<Option<(CustomerRow, LinkRow)>> {
     provider_links::table
+        .inner_join(customers_table::table)
         .filter(provider_links::provider.eq(Provider::Stripe.as_str()))
         .filter(provider_links::external_id.eq(stripe_id))
-        .select(LinkRow::as_select())
+        .select((CustomerRow::as_select(), LinkRow::as_select()))
         .for_update()
         .first(conn)
         .optional()
@@ -479,40 +484,36 @@ fn find_or_link(
     conn: &mut PgConnection,
     remote: &RemoteCustomer,
 ) -> Result<Option<(CustomerRow, LinkRow)>, DbError> {
-    let customer_id = match link_by_external(conn, &remote.id)? {
-        Some(link) => link.customer_id,
-        None => {
-            let Some(local) = remote.local_id().and_then(|id| CustomerId::parse(id).ok()) else {
-                return Ok(None);
-            };
-            if customers::find(conn, &local)?.is_none() {
-                return Ok(None);
-            }
-            // Our own create's echo, possibly before the consumer recorded the link.
-            crate::db::links::ensure(conn, &local, Provider::Stripe)?;
-            let linked = diesel::update(
-                provider_links::table
-                    .find((local.as_str(), Provider::Stripe.as_str()))
-                    .filter(provider_links::external_id.is_null()),
-            )
-            .set(provider_links::external_id.eq(&remote.id))
-            .execute(conn)?;
-            if linked == 0 {
-                tracing::warn!(
-                    customer_id = %local,
-                    stripe_id = %remote.id,
-                    "a second Stripe customer claims this local id; it is not linked"
-                );
-                return Ok(None);
-            }
-            local.to_string()
-        }
+    if let Some(linked) = linked_by_external(conn, &remote.id)? {
+        return Ok(Some(linked));
+    }
+    let Some(local) = remote.local_id().and_then(|id| CustomerId::parse(id).ok()) else {
+        return Ok(None);
     };
-    let id = CustomerId::parse(&customer_id).map_err(|e| DbError::Unexpected(e.into()))?;
-    let customer = customers::find_for_update(conn, &id)?
+    if customers::find(conn, &local)?.is_none() {
+        return Ok(None);
+    }
+    // Our own create's echo, possibly before the consumer recorded the link.
+    crate::db::links::ensure(conn, &local, Provider::Stripe)?;
+    let linked = diesel::update(
+        provider_links::table
+            .find((local.as_str(), Provider::Stripe.as_str()))
+            .filter(provider_links::external_id.is_null()),
+    )
+    .set(provider_links::external_id.eq(&remote.id))
+    .execute(conn)?;
+    if linked == 0 {
+        tracing::warn!(
+            customer_id = %local,
+            stripe_id = %remote.id,
+            "a second Stripe customer claims this local id; it is not linked"
+        );
+        return Ok(None);
+    }
+    let customer = customers::find_for_update(conn, &local)?
         .ok_or_else(|| DbError::Unexpected(anyhow::anyhow!("linked customer is missing")))?;
     let link = provider_links::table
-        .find((customer_id.as_str(), Provider::Stripe.as_str()))
+        .find((local.as_str(), Provider::Stripe.as_str()))
         .select(LinkRow::as_select())
         .for_update()
         .first(conn)?;
