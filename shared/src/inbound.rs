@@ -132,10 +132,11 @@ pub fn apply(
 /// as [`apply`] on each in turn, in the order given. Any failure rolls all of them back.
 ///
 /// The batch costs a handful of statements rather than several per event: the event
-/// rows go in with one statement, and customers created in Stripe that we have never
-/// seen (the bulk of a webhook storm) are imported together. Every other event is applied
-/// one at a time, as [`apply`] would; it concerns a different Stripe customer from the
-/// imported ones, so the order between the two groups changes nothing.
+/// rows go in with one statement, and the customer events that are alone in the batch
+/// to concern their Stripe customer are applied together: those of customers we link
+/// already (updates, echoes) and those of customers we have never seen (imports). Every
+/// other event is applied one at a time, as [`apply`] would; it concerns a different
+/// Stripe customer from the grouped ones, so the order between them changes nothing.
 pub fn apply_batch(
     conn: &mut PgConnection,
     events: &[(Event, Value)],
@@ -148,8 +149,27 @@ pub fn apply_batch(
             .iter()
             .map(|stored| (!stored).then_some(Applied::Duplicate))
             .collect();
-        let imports = new_stripe_customers(conn, events, &fresh)?;
-        for (i, effect) in import_many(conn, imports, &others)? {
+        let candidates = candidates(events, &fresh);
+        let ids: Vec<&str> = candidates.iter().map(|c| c.remote.id.as_str()).collect();
+        let mut linked = linked_many(conn, &ids)?;
+        let (known, unknown): (Vec<Candidate>, Vec<Candidate>) = candidates
+            .into_iter()
+            .partition(|c| linked.contains_key(&c.remote.id));
+        let known = known
+            .into_iter()
+            .map(|c| {
+                let (customer, link) = linked.remove(&c.remote.id).expect("partitioned");
+                (c, customer, link)
+            })
+            .collect();
+        let imports = unknown
+            .into_iter()
+            .filter(|c| c.remote.local_id().is_none() && CustomerId::parse(&c.remote.id).is_ok())
+            .collect();
+        let grouped = update_known(conn, events, known, &others)?
+            .into_iter()
+            .chain(import_many(conn, imports, &others)?);
+        for (i, effect) in grouped {
             answers[i] = Some(Applied::Handled(effect));
         }
         for (i, (event, _)) in events.iter().enumerate() {
@@ -205,27 +225,22 @@ fn store_events(conn: &mut PgConnection, events: &[(Event, Value)]) -> QueryResu
     Ok(events.iter().map(|(e, _)| stored.remove(&e.id)).collect())
 }
 
-/// A customer created in Stripe that we import in bulk: the event's index in the batch.
-struct Import {
+/// A customer event applied with the others of its batch: the event's index in it.
+struct Candidate {
     index: usize,
     event_id: String,
     created: i64,
     remote: RemoteCustomer,
 }
 
-/// The stored customer events of the batch that import a Stripe customer we have no
-/// trace of: no local id in its metadata, no link to it, and no other event about it in
-/// the batch. Anything else is left to [`apply_stored`].
-fn new_stripe_customers(
-    conn: &mut PgConnection,
-    events: &[(Event, Value)],
-    fresh: &[bool],
-) -> QueryResult<Vec<Import>> {
+/// The stored customer events of the batch that are the only stored event about their
+/// Stripe customer in it. Anything else is left to [`apply_stored`].
+fn candidates(events: &[(Event, Value)], fresh: &[bool]) -> Vec<Candidate> {
     let mut per_customer: HashMap<&str, usize> = HashMap::new();
     for ((event, _), _) in events.iter().zip(fresh).filter(|(_, stored)| **stored) {
         *per_customer.entry(event.customer_key()).or_default() += 1;
     }
-    let mut imports: Vec<Import> = events
+    events
         .iter()
         .zip(fresh)
         .enumerate()
@@ -235,55 +250,234 @@ fn new_stripe_customers(
                 && per_customer[event.customer_key()] == 1
         })
         .filter_map(|(index, ((event, _), _))| {
-            let remote = RemoteCustomer::parse(event).ok()?;
-            let importable = remote.local_id().is_none() && CustomerId::parse(&remote.id).is_ok();
-            importable.then(|| Import {
+            Some(Candidate {
                 index,
                 event_id: event.id.clone(),
                 created: event.created,
-                remote,
+                remote: RemoteCustomer::parse(event).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The Stripe links of these Stripe customer ids and their customers, locked (link
+/// first, as [`find_or_link`] does).
+fn linked_many(
+    conn: &mut PgConnection,
+    stripe_ids: &[&str],
+) -> QueryResult<HashMap<String, (CustomerRow, LinkRow)>> {
+    use diesel::sql_types::{Array, Text};
+    if stripe_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let links: Vec<LinkRow> = crate::db::statement::statement(LINKED_STRIPE_IDS)
+        .bind::<Array<Text>, _>(stripe_ids)
+        .load(conn)?;
+    if links.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let customer_ids: Vec<&str> = links.iter().map(|l| l.customer_id.as_str()).collect();
+    let mut customers: HashMap<String, CustomerRow> =
+        crate::db::statement::statement(CUSTOMERS_FOR_UPDATE)
+            .bind::<Array<Text>, _>(&customer_ids)
+            .load::<CustomerRow>(conn)?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+    Ok(links
+        .into_iter()
+        .filter_map(|link| {
+            let customer = customers.remove(&link.customer_id)?;
+            Some((link.external_id.clone()?, (customer, link)))
+        })
+        .collect())
+}
+
+// One index probe per id, whatever the tables' statistics say. `= ANY($1)`, or the same
+// subquery without its LIMIT (which PostgreSQL flattens into a join), can be planned as a
+// scan of the whole table and a hash join when the statistics are stale: milliseconds
+// per batch, growing with the table. The LIMIT keeps each subquery a probe per id.
+
+/// The Stripe links of the given Stripe customer ids, locked.
+const LINKED_STRIPE_IDS: &str = "SELECT l.* FROM unnest($1::text[]) AS t(id), LATERAL \
+       (SELECT * FROM provider_links \
+        WHERE provider = 'stripe' AND external_id = t.id LIMIT 1 FOR UPDATE) AS l";
+
+/// The given customers, locked.
+const CUSTOMERS_FOR_UPDATE: &str = "SELECT c.* FROM unnest($1::text[]) AS t(id), LATERAL \
+       (SELECT * FROM customers WHERE id = t.id LIMIT 1 FOR UPDATE) AS c";
+
+/// [`customer_changed`] for many customers we link already, with the rows
+/// [`linked_many`] locked: a few statements whatever their number. Answers each
+/// candidate's index with its effect.
+fn update_known(
+    conn: &mut PgConnection,
+    events: &[(Event, Value)],
+    known: Vec<(Candidate, CustomerRow, LinkRow)>,
+    others: &[Provider],
+) -> QueryResult<Vec<(usize, &'static str)>> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    let mut answers = Vec::with_capacity(known.len());
+    // (candidate, customer, version to record as synced)
+    let mut remembered: Vec<(&Candidate, &CustomerRow, Option<i64>)> = Vec::new();
+    let mut applied: Vec<(&Candidate, &CustomerRow)> = Vec::new();
+    for (candidate, customer, link) in &known {
+        let event = &events[candidate.index].0;
+        let verdict = verdict(customer, link, event, &candidate.remote, false);
+        answers.push((candidate.index, verdict.outcome()));
+        match verdict {
+            Verdict::Stale | Verdict::Tie => {}
+            Verdict::DeletedLocally | Verdict::OlderThanLocal => {
+                remembered.push((candidate, customer, None));
+            }
+            Verdict::InSync => remembered.push((candidate, customer, Some(customer.version))),
+            Verdict::Apply => applied.push((candidate, customer)),
+        }
+    }
+    let fields: Vec<(String, String)> = applied.iter().map(|(c, _)| c.remote.fields()).collect();
+    let updated: HashMap<String, CustomerRow> = if applied.is_empty() {
+        HashMap::new()
+    } else {
+        crate::db::statement::statement(
+            "UPDATE customers SET name = t.name, email = t.email, \
+               version = customers.version + 1, updated_at = now() \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS t(id, name, email) \
+             WHERE customers.id = t.id RETURNING customers.*",
+        )
+        .bind::<Array<Text>, _>(
+            applied
+                .iter()
+                .map(|(_, customer)| customer.id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(fields.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(fields.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>())
+        .load::<CustomerRow>(conn)?
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect()
+    };
+    for (candidate, customer) in &applied {
+        let version = updated.get(&customer.id).map(|c| c.version);
+        remembered.push((candidate, customer, version));
+    }
+    if remembered.is_empty() {
+        return Ok(answers);
+    }
+    let stripe_ids: Vec<&str> = remembered
+        .iter()
+        .map(|(c, _, _)| c.remote.id.as_str())
+        .collect();
+    let customer_ids: Vec<&str> = remembered.iter().map(|(_, c, _)| c.id.as_str()).collect();
+    link_invoices_many(conn, &stripe_ids, &customer_ids)?;
+    // remember_remote, for all of them.
+    crate::db::statement::statement(
+        "UPDATE provider_links SET remote_event_created = t.ec, remote_event_id = t.ei, \
+           remote_name = t.rn, remote_email = t.re, \
+           synced_version = GREATEST(provider_links.synced_version, t.v), updated_at = now() \
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[]) \
+           AS t(c, ec, ei, rn, re, v) \
+         WHERE provider_links.customer_id = t.c AND provider_links.provider = 'stripe'",
+    )
+    .bind::<Array<Text>, _>(&customer_ids)
+    .bind::<Array<BigInt>, _>(
+        remembered
+            .iter()
+            .map(|(c, _, _)| c.created)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(
+        remembered
+            .iter()
+            .map(|(c, _, _)| c.event_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        remembered
+            .iter()
+            .map(|(c, _, _)| c.remote.name.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        remembered
+            .iter()
+            .map(|(c, _, _)| c.remote.email.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(
+        remembered
+            .iter()
+            .map(|(_, _, v)| v.unwrap_or(0))
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)?;
+    let updated: Vec<&CustomerRow> = applied
+        .iter()
+        .filter_map(|(_, customer)| updated.get(&customer.id))
+        .collect();
+    enqueue_many_for(conn, &updated, Operation::Update, others)?;
+    Ok(answers)
+}
+
+/// [`link_invoices`] for many Stripe customers: the i-th Stripe id's unlinked invoices
+/// go to the i-th customer id.
+fn link_invoices_many(
+    conn: &mut PgConnection,
+    stripe_ids: &[&str],
+    customer_ids: &[&str],
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Text};
+    diesel::sql_query(
+        "UPDATE invoices SET customer_id = t.c FROM unnest($1::text[], $2::text[]) AS t(s, c) \
+         WHERE invoices.stripe_customer_id = t.s AND invoices.customer_id IS NULL",
+    )
+    .bind::<Array<Text>, _>(stripe_ids)
+    .bind::<Array<Text>, _>(customer_ids)
+    .execute(conn)
+    .map(|_| ())
+}
+
+/// [`enqueue_all`] for many customers: their links at `providers` (made when missing) and
+/// one task per customer and provider, in two statements.
+fn enqueue_many_for(
+    conn: &mut PgConnection,
+    customers: &[&CustomerRow],
+    operation: Operation,
+    providers: &[Provider],
+) -> QueryResult<()> {
+    if providers.is_empty() || customers.is_empty() {
+        return Ok(());
+    }
+    let pairs: Vec<(&str, Provider)> = customers
+        .iter()
+        .flat_map(|c| providers.iter().map(move |p| (c.id.as_str(), *p)))
+        .collect();
+    crate::db::links::ensure_many(
+        conn,
+        &pairs.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        &pairs.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(),
+    )?;
+    let tasks: Vec<queue::NewTask<'_>> = customers
+        .iter()
+        .flat_map(|c| {
+            providers.iter().map(move |provider| queue::NewTask {
+                provider: *provider,
+                customer_id: &c.id,
+                operation,
+                version: c.version,
+                request_id: None,
             })
         })
         .collect();
-    if imports.is_empty() {
-        return Ok(imports);
-    }
-    // One index probe per id, whatever the table's statistics say. `= ANY($1)`, or the
-    // same subquery without its LIMIT (which PostgreSQL flattens into a join), can be
-    // planned as a scan of every Stripe link and a hash join when the statistics are
-    // stale: milliseconds per batch, growing with the table. The LIMIT keeps the
-    // subquery a probe per id. No row lock: a linked customer is left to apply_stored,
-    // which takes it.
-    #[derive(QueryableByName)]
-    struct Linked {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        external_id: String,
-    }
-    let linked: std::collections::HashSet<String> = diesel::sql_query(LINKED_STRIPE_IDS)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(
-            imports
-                .iter()
-                .map(|i| i.remote.id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .load::<Linked>(conn)?
-        .into_iter()
-        .map(|row| row.external_id)
-        .collect();
-    imports.retain(|import| !linked.contains(&import.remote.id));
-    Ok(imports)
+    queue::enqueue_many(conn, &tasks)?;
+    Ok(())
 }
-
-/// The given Stripe customer ids that are linked already (see `new_stripe_customers`).
-const LINKED_STRIPE_IDS: &str = "SELECT l.external_id FROM unnest($1::text[]) AS t(id), LATERAL \
-       (SELECT external_id FROM provider_links \
-        WHERE provider = 'stripe' AND external_id = t.id LIMIT 1) AS l";
 
 /// [`created_in_stripe`] for many customers at once: a few statements whatever their
 /// number. Answers each import's index with its effect.
 fn import_many(
     conn: &mut PgConnection,
-    imports: Vec<Import>,
+    imports: Vec<Candidate>,
     others: &[Provider],
 ) -> QueryResult<Vec<(usize, &'static str)>> {
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
@@ -310,7 +504,7 @@ fn import_many(
         .into_iter()
         .map(|row| (row.id.clone(), row))
         .collect();
-    let (imported, taken): (Vec<Import>, Vec<Import>) = imports
+    let (imported, taken): (Vec<Candidate>, Vec<Candidate>) = imports
         .into_iter()
         .partition(|i| inserted.contains_key(&i.remote.id));
     let mut answers: Vec<(usize, &'static str)> =
@@ -349,38 +543,10 @@ fn import_many(
             .collect::<Vec<_>>(),
     )
     .execute(conn)?;
-    // Invoices that arrived before their customer (link_invoices).
-    diesel::sql_query(
-        "UPDATE invoices SET customer_id = t.c FROM unnest($1::text[]) AS t(c) \
-         WHERE invoices.stripe_customer_id = t.c AND invoices.customer_id IS NULL",
-    )
-    .bind::<Array<Text>, _>(&ids)
-    .execute(conn)?;
-    if !others.is_empty() {
-        let pairs: Vec<(&str, Provider)> = others
-            .iter()
-            .flat_map(|p| ids.iter().map(move |id| (*id, *p)))
-            .collect();
-        crate::db::links::insert_many(
-            conn,
-            &pairs.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            &pairs.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(),
-        )?;
-        let tasks: Vec<queue::NewTask<'_>> = ids
-            .iter()
-            .zip(&versions)
-            .flat_map(|(id, version)| {
-                others.iter().map(move |provider| queue::NewTask {
-                    provider: *provider,
-                    customer_id: id,
-                    operation: Operation::Create,
-                    version: *version,
-                    request_id: None,
-                })
-            })
-            .collect();
-        queue::enqueue_many(conn, &tasks)?;
-    }
+    // Invoices that arrived before their customer.
+    link_invoices_many(conn, &ids, &ids)?;
+    let customers: Vec<&CustomerRow> = ids.iter().map(|id| &inserted[*id]).collect();
+    enqueue_many_for(conn, &customers, Operation::Create, others)?;
     answers.extend(imported.iter().map(|i| (i.index, "imported")));
     Ok(answers)
 }
@@ -625,41 +791,88 @@ fn customer_changed(
     let Some((customer, link)) = find_or_link(conn, &remote)? else {
         return created_in_stripe(conn, event, &remote, others);
     };
+    let verdict = verdict(&customer, &link, event, &remote, current);
+    let synced = match verdict {
+        Verdict::Stale | Verdict::Tie => return Ok(verdict.outcome()),
+        Verdict::DeletedLocally | Verdict::OlderThanLocal => None,
+        Verdict::InSync => Some(customer.version),
+        Verdict::Apply => {
+            let (name, email) = remote.fields();
+            let id = CustomerId::parse(&customer.id).map_err(|e| DbError::Unexpected(e.into()))?;
+            let updated = customers::update_fields(conn, &id, &name, &email)?;
+            enqueue_all(conn, &updated, Operation::Update, others)?;
+            Some(updated.version)
+        }
+    };
+    link_invoices(conn, &remote.id, &customer.id)?;
+    remember_remote(conn, &customer.id, event, &remote, synced)?;
+    Ok(verdict.outcome())
+}
+
+/// What a customer event does to a customer we link, decided on its locked rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Older than the last event applied: nothing changes.
+    Stale,
+    /// The same second as the last event applied, and not following from it.
+    Tie,
+    /// The customer is a tombstone here: only the remote state is recorded.
+    DeletedLocally,
+    /// Stripe holds our current state: an echo, or the same change made on both sides.
+    InSync,
+    /// A newer local change is on its way to Stripe and will overwrite this there.
+    OlderThanLocal,
+    /// The remote fields become ours, and go to the other providers.
+    Apply,
+}
+
+impl Verdict {
+    fn outcome(self) -> &'static str {
+        match self {
+            Verdict::Stale => "stale",
+            Verdict::Tie => UNDECIDED_TIE,
+            Verdict::DeletedLocally => "deleted locally",
+            Verdict::InSync => "in sync",
+            Verdict::OlderThanLocal => "older than a local change",
+            Verdict::Apply => "applied",
+        }
+    }
+}
+
+/// Decides an event about a linked customer; `current` (the customer as Stripe holds it
+/// now) skips the ordering checks.
+fn verdict(
+    customer: &CustomerRow,
+    link: &LinkRow,
+    event: &Event,
+    remote: &RemoteCustomer,
+    current: bool,
+) -> Verdict {
     if !current {
         match link.remote_event_created {
-            Some(last) if event.created < last => return Ok("stale"),
-            Some(last) if event.created == last && !follows(&link, event, &remote) => {
+            Some(last) if event.created < last => return Verdict::Stale,
+            Some(last) if event.created == last && !follows(link, event, remote) => {
                 // A created event in the same second as a later update is simply older.
-                return Ok(if event.kind == "customer.created" {
-                    "stale"
+                return if event.kind == "customer.created" {
+                    Verdict::Stale
                 } else {
-                    UNDECIDED_TIE
-                });
+                    Verdict::Tie
+                };
             }
             _ => {}
         }
     }
-    link_invoices(conn, &remote.id, &customer.id)?;
     if customer.deleted_at.is_some() {
-        remember_remote(conn, &customer.id, event, &remote, None)?;
-        return Ok("deleted locally");
+        return Verdict::DeletedLocally;
     }
     let (name, email) = remote.fields();
     if name == customer.name && email == customer.email {
-        // Stripe holds our current state: an echo, or the same change made on both sides.
-        remember_remote(conn, &customer.id, event, &remote, Some(customer.version))?;
-        return Ok("in sync");
+        return Verdict::InSync;
     }
     if link.synced_version < customer.version {
-        // A newer local change is on its way to Stripe and will overwrite this there.
-        remember_remote(conn, &customer.id, event, &remote, None)?;
-        return Ok("older than a local change");
+        return Verdict::OlderThanLocal;
     }
-    let id = CustomerId::parse(&customer.id).map_err(|e| DbError::Unexpected(e.into()))?;
-    let updated = customers::update_fields(conn, &id, &name, &email)?;
-    remember_remote(conn, &customer.id, event, &remote, Some(updated.version))?;
-    enqueue_all(conn, &updated, Operation::Update, others)?;
-    Ok("applied")
+    Verdict::Apply
 }
 
 fn created_in_stripe(

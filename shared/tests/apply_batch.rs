@@ -53,14 +53,32 @@ fn snapshot(conn: &mut PgConnection) -> Vec<String> {
     lines
 }
 
-/// A local customer `local` already linked to `cus_linked`, and a customer whose id a
-/// Stripe customer will claim.
+/// A local customer `local` already linked to `cus_linked`, a customer whose id a
+/// Stripe customer will claim, and linked customers in each state an event can meet:
+/// `sync` (Stripe holds our state, with an invoice not linked yet), `old` (a later event
+/// was applied), `tie` (an event of the same second was applied), `gone` (deleted here)
+/// and `ahead` (a local change not yet pushed).
 fn seed(conn: &mut PgConnection) {
     conn.batch_execute(
-        "INSERT INTO customers (id, name, email) VALUES \
-           ('local', 'Local', 'local@example.com'), ('cus_taken', 'Mine', 'mine@example.com'); \
-         INSERT INTO provider_links (customer_id, provider, external_id, synced_version) \
-           VALUES ('local', 'stripe', 'cus_linked', 1)",
+        "INSERT INTO customers (id, name, email, version, deleted_at) VALUES \
+           ('local', 'Local', 'local@example.com', 1, NULL), \
+           ('cus_taken', 'Mine', 'mine@example.com', 1, NULL), \
+           ('sync', 'Same', 'cus_sync@example.com', 1, NULL), \
+           ('old', 'Old', 'old@example.com', 1, NULL), \
+           ('tie', 'Tie', 'tie@example.com', 1, NULL), \
+           ('gone', 'Gone', 'gone@example.com', 2, now()), \
+           ('ahead', 'Ahead', 'ahead@example.com', 2, NULL); \
+         INSERT INTO provider_links (customer_id, provider, external_id, synced_version, \
+             remote_event_created, remote_name, remote_email) VALUES \
+           ('local', 'stripe', 'cus_linked', 1, NULL, NULL, NULL), \
+           ('sync', 'stripe', 'cus_sync', 1, 5, 'Same', 'cus_sync@example.com'), \
+           ('old', 'stripe', 'cus_old', 1, 100, 'Old', 'cus_old@example.com'), \
+           ('tie', 'stripe', 'cus_tie', 1, 12, 'Elsewhere', 'cus_tie@example.com'), \
+           ('gone', 'stripe', 'cus_gone', 2, 5, 'Gone', 'cus_gone@example.com'), \
+           ('ahead', 'stripe', 'cus_ahead', 1, 5, 'Ahead', 'cus_ahead@example.com'); \
+         INSERT INTO invoices (id, stripe_customer_id, currency, amount_due, amount_paid, \
+             amount_remaining, total, created, last_event_created) VALUES \
+           ('in_sync', 'cus_sync', 'eur', 1, 0, 1, 1, 1, 1)",
     )
     .unwrap();
 }
@@ -125,6 +143,36 @@ fn a_batch_leaves_what_one_event_at_a_time_leaves() {
             customer("cus_d", "D", None),
         ), // update first
         event("evt_10", "ping", 14, json!({"id": "x"})),
+        event(
+            "evt_11",
+            "customer.updated",
+            12,
+            customer("cus_sync", "Same", None),
+        ),
+        event(
+            "evt_12",
+            "customer.updated",
+            12,
+            customer("cus_old", "Older", None),
+        ),
+        event(
+            "evt_13",
+            "customer.updated",
+            12,
+            customer("cus_tie", "Tied", None),
+        ),
+        event(
+            "evt_14",
+            "customer.updated",
+            12,
+            customer("cus_gone", "Back", None),
+        ),
+        event(
+            "evt_15",
+            "customer.updated",
+            12,
+            customer("cus_ahead", "Behind", None),
+        ),
     ];
 
     let one_by_one = TestDatabase::create();
@@ -158,12 +206,23 @@ fn a_batch_leaves_what_one_event_at_a_time_leaves() {
             Applied::Handled("unknown local id"),
             Applied::Handled("imported"),
             Applied::Unhandled,
+            Applied::Handled("in sync"),
+            Applied::Handled("stale"),
+            Applied::Handled(inbound::UNDECIDED_TIE),
+            Applied::Handled("deleted locally"),
+            Applied::Handled("older than a local change"),
         ]
     );
+    assert!(expected.contains(&"invoice|in_sync|sync|cus_sync".to_owned()));
     assert!(expected.contains(&"invoice|in_1|cus_c|cus_c".to_owned()));
     let salesforce_creates = expected
         .iter()
         .filter(|l| l.starts_with("task|salesforce|") && l.contains("|create|"))
         .count();
     assert_eq!(salesforce_creates, 4, "{expected:#?}");
+    let salesforce_updates = expected
+        .iter()
+        .filter(|l| l.starts_with("task|salesforce|") && l.contains("|update|"))
+        .count();
+    assert_eq!(salesforce_updates, 2, "{expected:#?}"); // cus_c's update and cus_linked's
 }

@@ -39,6 +39,24 @@ pub fn insert_many(
     .load(conn)
 }
 
+/// [`ensure`] for many: the i-th customer gets a link at the i-th provider unless it has
+/// one, in one statement.
+pub fn ensure_many(
+    conn: &mut PgConnection,
+    customers: &[&str],
+    providers: &[&str],
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Text};
+    super::statement::statement(
+        "INSERT INTO provider_links (customer_id, provider) \
+         SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(customers)
+    .bind::<Array<Text>, _>(providers)
+    .execute(conn)
+    .map(|_| ())
+}
+
 /// Makes sure the customer has a (possibly still unsynced) link row for the provider.
 pub fn ensure(
     conn: &mut PgConnection,
