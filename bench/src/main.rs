@@ -4,6 +4,7 @@
 //! Build first: `cargo build --release`, then `target/release/loadgen <scenario>`.
 
 mod e2e;
+mod http;
 mod stack;
 mod stats;
 
@@ -131,13 +132,21 @@ async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyho
     let mut workers = Vec::new();
     match rate {
         None => {
+            let authorization = format!("Bearer {}", stack.token);
             for _ in 0..connections {
-                let (recorder, next, send) = (recorder.clone(), next.clone(), send.clone());
+                let (recorder, next) = (recorder.clone(), next.clone());
+                let mut connection = http::Connection::new(&stack.base_url);
+                let authorization = authorization.clone();
                 workers.push(tokio::spawn(async move {
+                    let headers = [("Authorization", authorization.as_str())];
                     while Instant::now() < deadline {
                         let n = next.fetch_add(1, Ordering::Relaxed);
-                        let (ok, latency) = send(n).await;
-                        recorder.record(ok, latency);
+                        let body = serde_json::to_vec(&json!({"id": format!("b-{n}"),
+                            "name": format!("Bench {n}"), "email": format!("b{n}@example.com")}))
+                        .expect("serialisable");
+                        let t = Instant::now();
+                        let status = connection.post("/api/v1/customers", &headers, &body).await;
+                        recorder.record(matches!(status, Ok(202)), t.elapsed());
                     }
                 }));
             }
@@ -192,7 +201,6 @@ async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyho
 
 async fn webhooks(connections: usize, events: usize, updates: bool) -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let client = stack::client(connections);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
@@ -223,9 +231,8 @@ async fn webhooks(connections: usize, events: usize, updates: bool) -> anyhow::R
             )
         })
         .collect();
-    let url = format!("{}/api/v1/endpoint/stripe", stack.base_url);
     let (timed, kind) = if updates {
-        deliver(&client, &url, connections, Arc::new(created)).await;
+        deliver(&stack.base_url, connections, Arc::new(created)).await;
         let updated = (0..events)
             .map(|n| {
                 let previous = json!({"name": format!("Bench {n}")});
@@ -242,7 +249,7 @@ async fn webhooks(connections: usize, events: usize, updates: bool) -> anyhow::R
     } else {
         (created, "customer.created")
     };
-    let (recorder, elapsed) = deliver(&client, &url, connections, Arc::new(timed)).await;
+    let (recorder, elapsed) = deliver(&stack.base_url, connections, Arc::new(timed)).await;
     let stored = stack.count("webhook_events")? as u64 - if updates { events as u64 } else { 0 };
     let applied = if updates {
         stack.count_where("customers", "name LIKE 'Renamed %'")?
@@ -274,8 +281,7 @@ async fn webhooks(connections: usize, events: usize, updates: bool) -> anyhow::R
 /// Posts every signed event once over `connections` connections, as fast as the server
 /// answers; records each answer (200 is a success) and returns the time it all took.
 async fn deliver(
-    client: &reqwest::Client,
-    url: &str,
+    base_url: &str,
     connections: usize,
     signed: Arc<Vec<(Vec<u8>, String)>>,
 ) -> (Arc<Recorder>, Duration) {
@@ -284,13 +290,8 @@ async fn deliver(
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..connections {
-        let (recorder, next, signed, client, url) = (
-            recorder.clone(),
-            next.clone(),
-            signed.clone(),
-            client.clone(),
-            url.to_owned(),
-        );
+        let (recorder, next, signed) = (recorder.clone(), next.clone(), signed.clone());
+        let mut connection = http::Connection::new(base_url);
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -298,15 +299,11 @@ async fn deliver(
                     return;
                 };
                 let t = Instant::now();
-                let response = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("stripe-signature", signature)
-                    .body(body.clone())
-                    .send()
+                let headers = [("Stripe-Signature", signature.as_str())];
+                let status = connection
+                    .post("/api/v1/endpoint/stripe", &headers, body)
                     .await;
-                let ok = matches!(response, Ok(r) if r.status().as_u16() == 200);
-                recorder.record(ok, t.elapsed());
+                recorder.record(matches!(status, Ok(200)), t.elapsed());
             }
         }));
     }
