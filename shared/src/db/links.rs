@@ -22,23 +22,6 @@ pub struct LinkRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Inserts unsynced links, the i-th for `customers[i]` at `providers[i]`, for customers
-/// that have none yet (as [`super::customers::insert_many`], one statement text for any size).
-pub fn insert_many(
-    conn: &mut PgConnection,
-    customers: &[&str],
-    providers: &[&str],
-) -> QueryResult<Vec<LinkRow>> {
-    use diesel::sql_types::{Array, Text};
-    super::statement::statement(
-        "INSERT INTO provider_links (customer_id, provider) \
-         SELECT * FROM unnest($1::text[], $2::text[]) RETURNING *",
-    )
-    .bind::<Array<Text>, _>(customers)
-    .bind::<Array<Text>, _>(providers)
-    .load(conn)
-}
-
 /// [`ensure`] for many: the i-th customer gets a link at the i-th provider unless it has
 /// one, in one statement.
 pub fn ensure_many(
