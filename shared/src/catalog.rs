@@ -154,12 +154,7 @@ fn insert_with_tasks(
         let rows = customers::insert_many(conn, &ids, &names, &emails)?;
         return Ok(rows
             .into_iter()
-            .map(|customer| {
-                (
-                    customer.id.clone(),
-                    new_change(customer, Vec::new(), Vec::new()),
-                )
-            })
+            .map(|customer| (customer.id.clone(), new_change(customer)))
             .collect());
     }
     // Tasks in request order (their `seq` follows it), then by provider.
@@ -209,13 +204,14 @@ fn insert_with_tasks(
             .collect::<Vec<_>>(),
     )
     .load(conn)?;
+    let requested: HashMap<&str, &NewCustomer> = items
+        .iter()
+        .map(|(new, _)| (new.id.as_str(), new))
+        .collect();
     let mut changes: HashMap<String, Change> = HashMap::new();
     for task in tasks {
         let change = changes.entry(task.customer_id.clone()).or_insert_with(|| {
-            let (new, _) = items
-                .iter()
-                .find(|(new, _)| new.id.as_str() == task.customer_id)
-                .expect("a task of an item of the batch");
+            let new = requested[task.customer_id.as_str()];
             // The rows this statement inserted, as PostgreSQL wrote them: every column
             // is given above or takes its default, and now() is the same for all.
             let customer = CustomerRow {
@@ -227,7 +223,7 @@ fn insert_with_tasks(
                 updated_at: task.created_at,
                 deleted_at: None,
             };
-            new_change(customer, Vec::new(), Vec::new())
+            new_change(customer)
         });
         change.links.push(LinkRow {
             customer_id: task.customer_id.clone(),
@@ -246,11 +242,12 @@ fn insert_with_tasks(
     Ok(changes)
 }
 
-fn new_change(customer: CustomerRow, links: Vec<LinkRow>, tasks: Vec<TaskRow>) -> Change {
+/// A create's change before its links and tasks are added.
+fn new_change(customer: CustomerRow) -> Change {
     Change {
         customer,
-        links,
-        tasks,
+        links: Vec::new(),
+        tasks: Vec::new(),
         changed: true,
     }
 }
