@@ -1,4 +1,5 @@
-// Mirrors migrations/; keep the two in step (diesel print-schema gives the same).
+// Mirrors migrations/; keep the two in step (diesel print-schema gives the same, but for
+// the two joinable! lines noted below).
 
 diesel::table! {
     customers (id) {
@@ -84,6 +85,9 @@ diesel::table! {
     }
 }
 
+// Links and tasks reference their customer through triggers, not foreign keys (see
+// migrations/2026-11-23-000001_check_customers_per_statement), so print-schema leaves
+// out these two lines; the relation is the same.
 diesel::joinable!(provider_links -> customers (customer_id));
 diesel::joinable!(sync_tasks -> customers (customer_id));
 diesel::joinable!(invoices -> customers (customer_id));
