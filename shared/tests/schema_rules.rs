@@ -1,6 +1,7 @@
-//! Links and tasks always name an existing customer. The rule is kept by statement-level
-//! triggers instead of foreign keys (migrations/2026-11-23-000001_…): these tests hold
-//! them to what the foreign keys did, against a real PostgreSQL.
+//! Rules the schema keeps by itself, against a real PostgreSQL. Links and tasks always
+//! name an existing customer: statement-level triggers keep it instead of foreign keys
+//! (migrations/2026-11-23-000001_…), held here to what the foreign keys did. A customer
+//! id is what `CustomerId::parse` accepts (migrations/2026-11-23-000002_…).
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};
@@ -203,4 +204,46 @@ fn the_check_probes_the_customer_index_after_the_table_grows() {
         QueryResult::Ok(())
     })
     .unwrap();
+}
+
+#[test]
+fn the_database_accepts_exactly_the_customer_ids_the_api_accepts() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    let long = "a".repeat(64);
+    let too_long = "a".repeat(65);
+    let samples = [
+        "a",
+        "A-z_0.9",
+        long.as_str(),
+        too_long.as_str(),
+        "",
+        "a b",
+        "a/b",
+        "é",
+        "aé",
+        "a\n",
+        "'; --",
+        "ÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄ",
+        "-",
+        ".",
+    ];
+    for (i, id) in samples.iter().enumerate() {
+        let stored =
+            diesel::sql_query("INSERT INTO customers (id, name, email) VALUES ($1, 'N', $2)")
+                .bind::<diesel::sql_types::Text, _>(*id)
+                .bind::<diesel::sql_types::Text, _>(format!("c{i}@example.com"))
+                .execute(&mut conn);
+        let accepted = shared::domain::CustomerId::parse(id).is_ok();
+        match stored {
+            Ok(_) => assert!(accepted, "the database took {id:?}, which the API refuses"),
+            Err(Error::DatabaseError(DatabaseErrorKind::CheckViolation, _)) => {
+                assert!(
+                    !accepted,
+                    "the database refused {id:?}, which the API accepts"
+                )
+            }
+            Err(other) => panic!("{id:?}: {other:?}"),
+        }
+    }
 }
