@@ -8,7 +8,7 @@ DB=pg_floor_$$
 psql "$URL" -qc "CREATE DATABASE $DB"
 trap 'psql "$URL" -qc "DROP DATABASE $DB"' EXIT
 SCRATCH="${URL%/*}/$DB"
-psql "$SCRATCH" -q -f "$(dirname "$0")/../migrations/2026-11-22-000001_create_catalog/up.sql"
+for up in "$(dirname "$0")"/../migrations/*/up.sql; do psql "$SCRATCH" -q -f "$up"; done
 psql "$SCRATCH" -q <<'SQL'
 \timing on
 INSERT INTO customers (id, name, email) SELECT 'c'||g, 'Name '||g, 'e'||g||'@example.com' FROM generate_series(1,20000) g;
