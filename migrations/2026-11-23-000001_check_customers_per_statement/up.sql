@@ -2,6 +2,10 @@
 -- (a query and a share lock on the customer each time): a quarter of PostgreSQL's work
 -- for a create, whose batch inserts its customers, links and tasks in one statement.
 -- The same rule is kept here once per statement, with one index probe per row.
+-- Unlike a foreign key, the check does not wait for a customer that a transaction still
+-- in progress is inserting: it sees committed customers and its own transaction's. Every
+-- writer inserts links and tasks for a customer it inserted itself or read committed,
+-- under READ COMMITTED.
 ALTER TABLE provider_links DROP CONSTRAINT provider_links_customer_id_fkey;
 ALTER TABLE sync_tasks DROP CONSTRAINT sync_tasks_customer_id_fkey;
 
