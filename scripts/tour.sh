@@ -18,6 +18,16 @@ wait_for() {
   return 1
 }
 
+# The tour ends by deleting c-1, and a deleted customer stays a tombstone: say so rather
+# than fail halfway through a second run on the same database.
+if curl -s $API/customers/c-1 -H "Authorization: Bearer $TOKEN" | grep -q '"deleted_at":"'; then
+  echo "c-1 was deleted by an earlier tour and cannot be created again in this database." >&2
+  echo "Run the tour on a new one: stop cargo run and start it again with DATABASE_URL naming" >&2
+  echo "a database that does not exist yet (it is created), or, if cargo run started its own" >&2
+  echo "PostgreSQL, after removing ./.data/postgres." >&2
+  exit 1
+fi
+
 echo "== create"
 curl -s -X POST $API/customers -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
      -d '{"id":"c-1","name":"Ada Lovelace","email":"ada@example.com"}'

@@ -65,14 +65,15 @@ async fn the_tour_runs_against_the_local_stack() {
         .as_ref()
         .expect("the sandbox starts without STRIPE_API_KEY");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tour.sh");
-    let output = tokio::process::Command::new("bash")
-        .arg(script)
-        .env("TOKEN", stack.token.clone().unwrap())
-        .env("API", format!("{}/api/v1", stack.base_url))
-        .env("STRIPE", sandbox.base_url())
-        .output()
-        .await
-        .unwrap();
+    let tour = || {
+        tokio::process::Command::new("bash")
+            .arg(script)
+            .env("TOKEN", stack.token.clone().unwrap())
+            .env("API", format!("{}/api/v1", stack.base_url))
+            .env("STRIPE", sandbox.base_url())
+            .output()
+    };
+    let output = tour().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "tour failed:\n{stdout}\n{stderr}");
@@ -81,5 +82,12 @@ async fn the_tour_runs_against_the_local_stack() {
         stdout.contains("\"amount_paid\":4200"),
         "the paid invoice reached the catalogue:\n{stdout}"
     );
+
+    // A second run on the same database stops before changing anything, and says why.
+    let again = tour().await.unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("deleted by an earlier tour"), "{stderr}");
+    assert!(String::from_utf8_lossy(&again.stdout).is_empty());
     stack.stop().await;
 }
