@@ -58,10 +58,12 @@ pub fn connect(url: &SecretString, max_size: u32) -> anyhow::Result<PgPool> {
 }
 
 /// A pool for the group committers: it keeps PostgreSQL's default plan cache mode, so
-/// the cached plans of the foreign-key checks are reused for every inserted row instead
-/// of planned again for each (under `force_custom_plan` that planning was a third of
-/// PostgreSQL's time in the task API). Their statements are inserts and probes by key
-/// (`statement`), whose generic plans stay index lookups whatever the statistics.
+/// the plans PostgreSQL caches for its own checks (the invoices' foreign key, the
+/// customer probe of the links' and tasks' triggers) are reused instead of planned again
+/// on each use (under `force_custom_plan`, when those checks were foreign keys run per
+/// row, that planning was a third of PostgreSQL's time in the task API). Their
+/// statements are inserts and probes by key (`statement`), whose generic plans stay
+/// index lookups whatever the statistics.
 /// Call it after [`connect`], which creates and migrates the database.
 pub fn bulk_pool(url: &SecretString, max_size: u32) -> PgPool {
     pool_builder(max_size)
