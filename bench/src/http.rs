@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 keep-alive client for the closed loops: one connection per worker,
-//! one write and usually one read per request. On this two-core machine every
+//! A minimal HTTP/1.1 keep-alive client for the task API and webhook loops: one connection
+//! per worker, one write and usually one read per request. On this two-core machine every
 //! microsecond the load generator spends is taken from the server and PostgreSQL;
 //! `reqwest` cost 23 µs of CPU per request.
 
