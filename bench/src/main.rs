@@ -7,6 +7,7 @@ mod e2e;
 mod http;
 mod stack;
 mod stats;
+mod storm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,6 +72,16 @@ enum Scenario {
         #[arg(long, default_value = "200")]
         samples: usize,
     },
+    /// Connection storm: clients connect at once, each sends one request and holds its
+    /// connection; the server serves HTTP_MAX_CONNECTIONS at a time
+    Storm {
+        /// Clients connecting at once (the load generator needs as many file descriptors)
+        #[arg(long, default_value = "8000")]
+        clients: usize,
+        /// Milliseconds each client keeps its connection open after its answer
+        #[arg(long, default_value = "1000")]
+        hold_ms: u64,
+    },
     /// End to end under faults: consumers SIGKILLed every few seconds, 10% of calls failing,
     /// 2% failing after commit, webhooks duplicated and shuffled
     Faults {
@@ -100,6 +111,9 @@ async fn main() -> anyhow::Result<()> {
             customers,
             consumers,
         } => e2e::run(customers, consumers).await,
+        Scenario::Storm { clients, hold_ms } => {
+            storm::run(clients, Duration::from_millis(hold_ms)).await
+        }
         Scenario::Idle { samples } => e2e::idle(samples).await,
         Scenario::Faults {
             customers,

@@ -97,6 +97,10 @@ impl Stack {
             .env("RUST_LOG", "error")
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null());
+        // The one server setting a run may change from the shell (`loadgen storm`).
+        if let Ok(limit) = std::env::var("HTTP_MAX_CONNECTIONS") {
+            server.env("HTTP_MAX_CONNECTIONS", limit);
+        }
         if let Some(base) = &options.stripe_base {
             server
                 .env("STRIPE_API_KEY", "sk_test_bench")

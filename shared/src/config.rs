@@ -326,6 +326,10 @@ pub struct ServerArgs {
     /// Maximum age in seconds of a webhook's signed timestamp
     #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value = "300")]
     pub stripe_webhook_tolerance_secs: String,
+    /// Open HTTP connections the server serves at once; more wait in the kernel's accept
+    /// queue until one closes (bounds memory under a connection storm)
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value = "2048")]
+    pub http_max_connections: String,
 }
 
 /// Validated server settings.
@@ -341,6 +345,8 @@ pub struct ServerSettings {
     pub webhook_secrets: Vec<SecretString>,
     /// Maximum age of a webhook's signed timestamp.
     pub webhook_tolerance: Duration,
+    /// Open HTTP connections served at once.
+    pub http_max_connections: usize,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -351,6 +357,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("api_token", &self.api_token.as_ref().map(|_| "[REDACTED]"))
             .field("webhook_secrets", &self.webhook_secrets.len())
             .field("webhook_tolerance", &self.webhook_tolerance)
+            .field("http_max_connections", &self.http_max_connections)
             .finish()
     }
 }
@@ -413,12 +420,25 @@ impl TryFrom<ServerArgs> for ServerSettings {
                     "must be a whole number of seconds between 1 and 86400",
                 )
             })?;
+        let http_max_connections = args
+            .http_max_connections
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| {
+                SettingsError::new(
+                    "HTTP_MAX_CONNECTIONS",
+                    "must be a whole number between 1 and 100000",
+                )
+            })?;
         Ok(Self {
             common,
             http_bind,
             api_token,
             webhook_secrets,
             webhook_tolerance,
+            http_max_connections,
         })
     }
 }

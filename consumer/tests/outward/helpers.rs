@@ -82,6 +82,7 @@ pub async fn stack_full(
         api_token: Some(TOKEN.to_owned().into()),
         webhook_secrets: vec![sandbox.webhook_secret().to_owned().into()],
         webhook_tolerance: Duration::from_secs(300),
+        http_max_connections: 2048,
     };
     let app = Application::build_on(settings, listener)
         .await

@@ -38,6 +38,8 @@ fn bad_settings_stop_the_server_naming_the_variable() {
         ("STRIPE_API_KEY", "pk_test_publishable"),
         ("STRIPE_WEBHOOK_SECRET", "not-a-whsec"),
         ("STRIPE_WEBHOOK_TOLERANCE_SECS", "-5"),
+        ("HTTP_MAX_CONNECTIONS", "0"),
+        ("HTTP_MAX_CONNECTIONS", "lots"),
         ("LOG_FORMAT", "xml"),
         ("API_TOKEN", "xq7z"),
         ("SALESFORCE_CLIENT_ID", "only-one-of-three"),
@@ -74,6 +76,7 @@ fn help_lists_every_setting_with_its_variable() {
         "STRIPE_API_KEY",
         "STRIPE_WEBHOOK_SECRET",
         "STRIPE_WEBHOOK_TOLERANCE_SECS",
+        "HTTP_MAX_CONNECTIONS",
         "LOG_FORMAT",
         "--insecure-no-auth",
     ] {

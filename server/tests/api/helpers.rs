@@ -40,6 +40,7 @@ pub fn test_settings(db: &TestDatabase) -> ServerSettings {
         api_token: Some(TOKEN.to_owned().into()),
         webhook_secrets: vec![],
         webhook_tolerance: Duration::from_secs(300),
+        http_max_connections: 2048,
     }
 }
 
