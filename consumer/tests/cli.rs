@@ -114,3 +114,14 @@ fn help_explains_topics_and_every_setting() {
         assert!(help.contains(needle), "{needle} missing from --help");
     }
 }
+
+#[test]
+fn every_setting_in_help_is_documented_in_the_readme_and_env_sample() {
+    let output = consumer().arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    let documented = shared::testing::assert_settings_documented(&help);
+    assert!(
+        documented.contains(&"CONSUMER_LEASE_SECS".to_owned()),
+        "{documented:?}"
+    );
+}

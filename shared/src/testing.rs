@@ -145,3 +145,31 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Checks that every environment variable a binary's `--help` names (clap's `[env: NAME]`)
+/// has a row in the README's settings table and a line in `.env.sample`; returns them.
+pub fn assert_settings_documented(help: &str) -> Vec<String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
+    let sample = std::fs::read_to_string(format!("{root}/.env.sample")).expect(".env.sample");
+    let variables: Vec<String> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .map(str::to_owned)
+        .collect();
+    for variable in &variables {
+        let quoted = format!("`{variable}`");
+        assert!(
+            readme
+                .lines()
+                .any(|line| line.starts_with("| `") && line.contains(&quoted)),
+            "{variable} has no row in the README's settings table"
+        );
+        assert!(
+            sample.contains(&format!("{variable}=")),
+            "{variable} is missing from .env.sample"
+        );
+    }
+    variables
+}

@@ -97,3 +97,14 @@ fn a_flag_overrides_its_variable() {
         "{stderr}"
     );
 }
+
+#[test]
+fn every_setting_in_help_is_documented_in_the_readme_and_env_sample() {
+    let output = server().arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    let documented = shared::testing::assert_settings_documented(&help);
+    assert!(
+        documented.contains(&"HTTP_MAX_CONNECTIONS".to_owned()),
+        "{documented:?}"
+    );
+}
