@@ -26,8 +26,8 @@ const EVENT_COMMITTERS: usize = 2;
 
 /// Connections the kernel completes and queues while the server serves
 /// `HTTP_MAX_CONNECTIONS` (capped by `net.core.somaxconn`). Beyond it, new connections' SYNs
-/// are dropped and clients retry after a second, then three, then seven: a storm's stragglers
-/// wait for seconds. The standard library's 128 made a storm of 8,000 clients last 112 s.
+/// are dropped and clients retry 1, 3, 7, 15… s after their first: a storm's stragglers wait
+/// for seconds. The standard library's 128 made a storm of 8,000 clients last 112 s.
 const ACCEPT_BACKLOG: i32 = 4096;
 
 /// Binds the HTTP listener with [`ACCEPT_BACKLOG`] (and `SO_REUSEADDR`, as the standard
