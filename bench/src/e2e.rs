@@ -22,6 +22,7 @@ async fn start(config: SandboxConfig) -> anyhow::Result<(Stack, Sandbox)> {
         stripe_base: Some(sandbox.base_url()),
         webhook_secret: sandbox.webhook_secret().to_owned(),
         port,
+        http_max_connections: None,
     })
     .await?;
     Ok((stack, sandbox))

@@ -42,7 +42,7 @@ enum Scenario {
         duration: u64,
         /// Requests per second for an open loop instead of a closed one; latency counts
         /// from each request's due time, so a queue behind a slow server shows
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         rate: Option<u64>,
     },
     /// Webhook ingest: distinct pre-signed customer.created events at full speed
@@ -132,7 +132,15 @@ async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyho
     // latency from that time, so a server that falls behind is charged for the wait of the
     // requests queued behind it (no coordinated omission). The connections stay a fixed
     // pool either way: a slow server sees requests wait, not a storm of new connections.
-    let slot = rate.map(|r| Duration::from_secs_f64(1.0 / r as f64));
+    let due_time = move |n: u64| match rate {
+        Some(rate) => {
+            started + Duration::from_nanos((n as u128 * 1_000_000_000 / rate as u128) as u64)
+        }
+        None => Instant::now(),
+    };
+    // An open loop slower than its connections uses fewer, so that none sits idle past
+    // the server's 5 s keep-alive and finds itself closed at its next request.
+    let connections = rate.map_or(connections, |r| connections.min(r as usize));
     let authorization = format!("Bearer {}", stack.token);
     let mut workers = Vec::new();
     for _ in 0..connections {
@@ -143,10 +151,7 @@ async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyho
             let headers = [("Authorization", authorization.as_str())];
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                let due = match slot {
-                    Some(slot) => started + slot.mul_f64(n as f64),
-                    None => Instant::now(),
-                };
+                let due = due_time(n);
                 if due >= deadline {
                     break;
                 }

@@ -60,6 +60,8 @@ pub struct Options {
     pub webhook_secret: String,
     /// Port for the HTTP server (bound by the caller's plan, e.g. for the sandbox's webhook URL).
     pub port: u16,
+    /// `HTTP_MAX_CONNECTIONS` for the server, when not its default.
+    pub http_max_connections: Option<String>,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             stripe_base: Some("http://127.0.0.1:9".into()),
             webhook_secret: "whsec_bench_0123456789".into(),
             port: free_port(),
+            http_max_connections: None,
         }
     }
 }
@@ -97,8 +100,7 @@ impl Stack {
             .env("RUST_LOG", "error")
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null());
-        // The one server setting a run may change from the shell (`loadgen storm`).
-        if let Ok(limit) = std::env::var("HTTP_MAX_CONNECTIONS") {
+        if let Some(limit) = &options.http_max_connections {
             server.env("HTTP_MAX_CONNECTIONS", limit);
         }
         if let Some(base) = &options.stripe_base {

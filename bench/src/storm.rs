@@ -9,12 +9,13 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::stack::Stack;
+use crate::stack::{Options, Stack};
 use crate::stats::Recorder;
 
 /// One client: connect, one keep-alive request for an unknown route (no database work),
-/// then hold the connection for `hold`.
-async fn client(address: &str, hold: Duration) -> std::io::Result<()> {
+/// then hold the connection for `hold`. Answers how long the answer took to arrive.
+async fn client(address: &str, hold: Duration) -> std::io::Result<Duration> {
+    let started = Instant::now();
     let mut stream = TcpStream::connect(address).await?;
     stream
         .write_all(b"GET /storm HTTP/1.1\r\nHost: bench\r\n\r\n")
@@ -31,12 +32,26 @@ async fn client(address: &str, hold: Duration) -> std::io::Result<()> {
     if !answer.starts_with(b"HTTP/1.1 404") {
         return Err(std::io::Error::other("unexpected answer"));
     }
+    let waited = started.elapsed();
     tokio::time::sleep(hold).await;
-    Ok(())
+    Ok(waited)
 }
 
 pub async fn run(clients: usize, hold: Duration) -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
+    // Every client holds a descriptor here; the server needs its own.
+    let limit = rlimit::increase_nofile_limit(clients as u64 + 256)?;
+    anyhow::ensure!(
+        limit > clients as u64 + 64,
+        "{clients} clients need as many open files, and the limit here is {limit}: raise it (ulimit -n) or pass fewer --clients"
+    );
+    // The server's limit comes from the shell, so that one storm can be run with and
+    // without it; the summary says which.
+    let max_connections = std::env::var("HTTP_MAX_CONNECTIONS").ok();
+    let stack = Stack::start_with(Options {
+        http_max_connections: max_connections.clone(),
+        ..Options::default()
+    })
+    .await?;
     let address = stack.base_url.trim_start_matches("http://").to_owned();
     let recorder = Arc::new(Recorder::default());
     let started = Instant::now();
@@ -44,11 +59,16 @@ pub async fn run(clients: usize, hold: Duration) -> anyhow::Result<()> {
     for _ in 0..clients {
         let (address, recorder) = (address.clone(), recorder.clone());
         tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let outcome = client(&address, hold).await;
-            // Latency here is the time to be served and released: connect, answer, hold.
-            recorder.record(outcome.is_ok(), t.elapsed().saturating_sub(hold));
-            outcome.err().map(|e| e.to_string())
+            match client(&address, hold).await {
+                Ok(waited) => {
+                    recorder.record(true, waited);
+                    None
+                }
+                Err(e) => {
+                    recorder.record(false, Duration::ZERO);
+                    Some(e.to_string())
+                }
+            }
         }));
     }
     let mut first_error = None;
@@ -62,8 +82,9 @@ pub async fn run(clients: usize, hold: Duration) -> anyhow::Result<()> {
     let summary = recorder.summary(elapsed);
     let served = recorder.ok();
     println!(
-        "connection storm ({clients} clients, each holding its connection {} ms): served {served}, errors {}{}, wait for an answer p50 {:.1} ms, p99 {:.1} ms, {:.1} s in all, server peak RSS {} KiB",
+        "connection storm ({clients} clients, each holding its connection {} ms, HTTP_MAX_CONNECTIONS {}): served {served}, errors {}{}, wait for an answer p50 {:.1} ms, p99 {:.1} ms, {:.1} s in all, server peak RSS {} KiB",
         hold.as_millis(),
+        max_connections.as_deref().unwrap_or("default"),
         summary.errors,
         first_error.map(|e| format!(" (first: {e})")).unwrap_or_default(),
         summary.p50_ms,
@@ -74,6 +95,7 @@ pub async fn run(clients: usize, hold: Duration) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"scenario": "storm", "clients": clients, "hold_ms": hold.as_millis() as u64,
+               "http_max_connections": max_connections,
                "served": served, "errors": summary.errors, "p50_ms": summary.p50_ms,
                "p99_ms": summary.p99_ms, "seconds": elapsed.as_secs_f64(), "peak_rss_kib": memory})
     );

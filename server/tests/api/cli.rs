@@ -108,3 +108,51 @@ fn every_setting_in_help_is_documented_in_the_readme_and_env_sample() {
         "{documented:?}"
     );
 }
+
+/// Starts the server with the open-file limits `ulimit` sets in `limits` (a shell snippet),
+/// against a closed PostgreSQL port so that it stops right after its start-up checks;
+/// returns its output, or `None` when the shell may not set those limits here.
+fn start_with_file_limits(limits: &str, max_connections: &str) -> Option<String> {
+    let script = format!("{limits} 2>/dev/null || exit 77; exec \"$0\"");
+    let output = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_server")])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("API_TOKEN", "0123456789abcdef0123")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("HTTP_BIND", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("HTTP_MAX_CONNECTIONS", max_connections)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    if output.status.code() == Some(77) {
+        return None;
+    }
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    Some(
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[test]
+fn a_file_limit_too_low_for_http_max_connections_is_a_warning_that_says_what_to_raise() {
+    let output = start_with_file_limits("ulimit -n 300", "2048").expect("lowering is allowed");
+    assert!(
+        output.contains("open-file limit") && output.contains("LimitNOFILE"),
+        "{output}"
+    );
+    assert!(output.contains("\"needed\":2304"), "{output}");
+    let output = start_with_file_limits("ulimit -n 300", "40").expect("lowering is allowed");
+    assert!(!output.contains("open-file limit"), "{output}");
+}
+
+#[test]
+fn a_soft_file_limit_below_the_hard_one_is_raised_without_a_warning() {
+    // A soft limit of 300 under a hard one of 4,000: the server raises its own soft limit.
+    match start_with_file_limits("ulimit -S -n 300 && ulimit -H -n 4000", "2048") {
+        Some(output) => assert!(!output.contains("open-file limit"), "{output}"),
+        None => eprintln!("skipped: the hard open-file limit here is below 4,000"),
+    }
+}
