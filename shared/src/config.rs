@@ -420,18 +420,12 @@ impl TryFrom<ServerArgs> for ServerSettings {
                     "must be a whole number of seconds between 1 and 86400",
                 )
             })?;
-        let http_max_connections = args
-            .http_max_connections
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=100_000).contains(n))
-            .ok_or_else(|| {
-                SettingsError::new(
-                    "HTTP_MAX_CONNECTIONS",
-                    "must be a whole number between 1 and 100000",
-                )
-            })?;
+        let http_max_connections = number(
+            &args.http_max_connections,
+            "HTTP_MAX_CONNECTIONS",
+            1,
+            100_000,
+        )? as usize;
         Ok(Self {
             common,
             http_bind,
