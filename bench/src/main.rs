@@ -225,7 +225,7 @@ async fn webhooks(connections: usize, events: usize, updates: bool) -> anyhow::R
             "request": {"id": null, "idempotency_key": null}, "data": data
         }))
         .expect("serialisable");
-        let signature = server::signature::sign(&stack.webhook_secret, now, &body);
+        let signature = shared::stripe::signature::sign(&stack.webhook_secret, now, &body);
         (body, signature)
     };
     let created: Vec<(Vec<u8>, String)> = (0..events)

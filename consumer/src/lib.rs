@@ -2,9 +2,8 @@
 //! calls the providers.
 
 pub mod backoff;
+pub mod providers;
 pub mod rate_limit;
-pub mod salesforce;
 pub mod startup;
-pub mod stripe;
 pub mod subscriber;
 pub mod worker;

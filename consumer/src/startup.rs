@@ -10,11 +10,12 @@ use shared::config::ConsumerSettings;
 use shared::db;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::rate_limit::RateLimiter;
-use crate::salesforce::SalesforceClient;
-use crate::stripe::StripeClient;
+use crate::providers::{ProviderApi, Salesforce, Stripe};
 use crate::subscriber;
 use crate::worker::Worker;
+use shared::domain::Provider;
+use shared::salesforce::SalesforceClient;
+use shared::stripe::StripeClient;
 
 /// How long in-flight calls may finish after a stop signal before their tasks are released.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -34,14 +35,16 @@ impl Consumer {
         let pool = tokio::task::spawn_blocking(move || db::connect(&url, pool_size))
             .await
             .context("database set-up task")??;
-        let stripe = match &settings.common.stripe {
-            Some(stripe) => Some(StripeClient::new(stripe)?),
-            None => None,
-        };
-        let salesforce = match &settings.common.salesforce {
-            Some(salesforce) => Some(SalesforceClient::new(salesforce)?),
-            None => None,
-        };
+        let mut providers: HashMap<Provider, Arc<dyn ProviderApi>> = HashMap::new();
+        if let Some(stripe) = &settings.common.stripe {
+            let client = StripeClient::new(stripe)?;
+            let api = Stripe::new(client, settings.stripe_max_rps);
+            providers.insert(Provider::Stripe, Arc::new(api));
+        }
+        if let Some(salesforce) = &settings.common.salesforce {
+            let api = Salesforce::new(SalesforceClient::new(salesforce)?);
+            providers.insert(Provider::Salesforce, Arc::new(api));
+        }
         let owner = format!(
             "{}-{}-{}",
             hostname(),
@@ -51,9 +54,7 @@ impl Consumer {
         let worker = Arc::new(Worker {
             pool,
             owner,
-            stripe,
-            salesforce,
-            stripe_limiter: RateLimiter::new(settings.stripe_max_rps),
+            providers,
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             concurrency: settings.concurrency,
             max_attempts: settings.max_attempts,

@@ -5,18 +5,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::db::customers::CustomerRow;
+use shared::db::customers::{self, CustomerRow};
 use shared::db::tasks::TaskRow;
 use shared::db::{self, links, DbError, PgPool};
-use shared::domain::{CustomerId, Operation, Provider};
+use shared::domain::{Operation, Provider};
 use shared::queue;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::backoff;
-use crate::rate_limit::RateLimiter;
-use crate::salesforce::{SalesforceClient, SalesforceError};
-use crate::stripe::{Next, StripeClient, StripeError};
+use crate::providers::{CallError, ProviderApi};
 
 /// What became of one execution.
 #[derive(Debug)]
@@ -38,37 +36,48 @@ pub enum Outcome {
     Dead(String),
 }
 
-impl From<SalesforceError> for Outcome {
-    fn from(e: SalesforceError) -> Self {
-        if e.retryable() {
-            Outcome::Retry {
-                retry_after: e.retry_after(),
-                error: e.to_string(),
-                new_key: false,
-                sent_email: None,
-            }
-        } else {
-            Outcome::Dead(e.to_string())
+impl Outcome {
+    /// The provider holds `synced_version` (and, when it told one, its id).
+    fn done(external_id: Option<String>, synced_version: i64) -> Self {
+        Outcome::Done {
+            external_id,
+            synced_version,
+        }
+    }
+
+    /// Try again later with the same key.
+    fn retry(error: impl Into<String>) -> Self {
+        Outcome::Retry {
+            error: error.into(),
+            retry_after: None,
+            new_key: false,
+            sent_email: None,
         }
     }
 }
 
-impl From<StripeError> for Outcome {
-    fn from(e: StripeError) -> Self {
-        match e.next() {
-            Next::RetrySameKey => Outcome::Retry {
-                retry_after: e.retry_after(),
-                error: e.to_string(),
+impl From<CallError> for Outcome {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Retry {
+                message,
+                retry_after,
+            } => Outcome::Retry {
+                error: message,
+                retry_after,
                 new_key: false,
                 sent_email: None,
             },
-            Next::ReconcileThenNewKey => Outcome::Retry {
-                retry_after: e.retry_after(),
-                error: e.to_string(),
+            CallError::Unknown {
+                message,
+                retry_after,
+            } => Outcome::Retry {
+                error: message,
+                retry_after,
                 new_key: true,
                 sent_email: None,
             },
-            Next::GiveUp => Outcome::Dead(e.to_string()),
+            CallError::Gone(message) | CallError::Permanent(message) => Outcome::Dead(message),
         }
     }
 }
@@ -78,9 +87,8 @@ pub struct Worker {
     pub pool: PgPool,
     /// This process's lease owner name.
     pub owner: String,
-    pub stripe: Option<StripeClient>,
-    pub salesforce: Option<SalesforceClient>,
-    pub stripe_limiter: RateLimiter,
+    /// The providers this process can call.
+    pub providers: HashMap<Provider, Arc<dyn ProviderApi>>,
     pub permits: Arc<Semaphore>,
     pub concurrency: usize,
     pub max_attempts: i32,
@@ -100,75 +108,90 @@ impl Worker {
         sweep: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            loop {
-                let free = self.permits.available_permits();
-                if free == 0 {
-                    break;
-                }
-                let owner = self.owner.clone();
-                let lease = self.lease;
-                let claimed = db::run(&self.pool, move |conn| {
-                    Ok(queue::claim(conn, provider, free as i64, &owner, lease)?)
-                })
-                .await;
-                let tasks = match claimed {
-                    Ok(tasks) => tasks,
-                    Err(e) => {
-                        tracing::warn!(%provider, error = %e, "claiming tasks failed; retrying at the next sweep");
-                        break;
-                    }
-                };
-                let count = tasks.len();
-                for task in tasks {
-                    let permit = match self.permits.clone().try_acquire_owned() {
-                        Ok(permit) => permit,
-                        Err(_) => self
-                            .permits
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed"),
-                    };
-                    self.in_flight.lock().unwrap().insert(task.id, task.clone());
-                    let worker = self.clone();
-                    let bell = bell.clone();
-                    let handle = tokio::spawn({
-                        let worker = worker.clone();
-                        let task = task.clone();
-                        async move { worker.run(provider, task).await }
-                    });
-                    tokio::spawn(async move {
-                        if let Err(e) = handle.await {
-                            // A panic must not leave the task stuck until its lease expires.
-                            tracing::error!(task_id = %task.id, error = %e, "task execution panicked");
-                            let outcome = Outcome::Retry {
-                                error: format!("consumer panicked: {e}"),
-                                retry_after: None,
-                                new_key: false,
-                                sent_email: None,
-                            };
-                            worker.record(&task, outcome).await;
-                        }
-                        worker.in_flight.lock().unwrap().remove(&task.id);
-                        drop(permit);
-                        // The customer's next task may be claimable now.
-                        bell.notify_one();
-                    });
-                }
-                if count < free {
-                    break;
-                }
-            }
+        while !*shutdown.borrow() {
+            self.claim_while_free(provider, &bell).await;
             tokio::select! {
                 _ = bell.notified() => {}
                 _ = tokio::time::sleep(sweep) => {}
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// Claims and starts due tasks as long as permits are free and claims fill them;
+    /// answers how many were started.
+    async fn claim_while_free(self: &Arc<Self>, provider: Provider, bell: &Arc<Notify>) -> usize {
+        let mut started = 0;
+        loop {
+            let free = self.permits.available_permits();
+            if free == 0 {
+                return started;
+            }
+            let Some(tasks) = self.claim(provider, free).await else {
+                return started;
+            };
+            let count = tasks.len();
+            for task in tasks {
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                self.start(provider, task, permit, bell.clone());
+            }
+            started += count;
+            if count < free {
+                return started;
+            }
+        }
+    }
+
+    /// Claims up to `limit` due tasks; `None` when the claim failed (logged).
+    async fn claim(&self, provider: Provider, limit: usize) -> Option<Vec<TaskRow>> {
+        let owner = self.owner.clone();
+        let lease = self.lease;
+        let claimed = db::run(&self.pool, move |conn| {
+            Ok(queue::claim(conn, provider, limit as i64, &owner, lease)?)
+        })
+        .await;
+        match claimed {
+            Ok(tasks) => Some(tasks),
+            Err(e) => {
+                tracing::warn!(%provider, error = %e, "claiming tasks failed; retrying at the next sweep");
+                None
+            }
+        }
+    }
+
+    /// Executes a claimed task on its own tokio task, holding `permit` until its outcome
+    /// is recorded; a panic is recorded as a retry rather than left to the lease.
+    fn start(
+        self: &Arc<Self>,
+        provider: Provider,
+        task: TaskRow,
+        permit: OwnedSemaphorePermit,
+        bell: Arc<Notify>,
+    ) {
+        self.in_flight.lock().unwrap().insert(task.id, task.clone());
+        let handle = tokio::spawn({
+            let worker = self.clone();
+            let task = task.clone();
+            async move { worker.run(provider, task).await }
+        });
+        let worker = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle.await {
+                tracing::error!(task_id = %task.id, error = %e, "task execution panicked");
+                worker
+                    .record(&task, Outcome::retry(format!("consumer panicked: {e}")))
+                    .await;
+            }
+            worker.in_flight.lock().unwrap().remove(&task.id);
+            drop(permit);
+            // The customer's next task may be claimable now.
+            bell.notify_one();
+        });
     }
 
     /// Executes one claimed task and records its outcome.
@@ -184,26 +207,13 @@ impl Worker {
         );
         async {
             let started = Instant::now();
-            let outcome = match provider {
-                Provider::Stripe => self.execute_stripe(&task).await,
-                Provider::Salesforce => self.execute_salesforce(&task).await,
+            let outcome = match self.providers.get(&provider) {
+                Some(api) => self.execute(api.as_ref(), &task).await,
+                None => Outcome::Dead(format!(
+                    "the {provider} provider is not configured in this consumer"
+                )),
             };
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            match &outcome {
-                Outcome::Done {
-                    external_id,
-                    synced_version,
-                } => tracing::info!(
-                    elapsed_ms,
-                    external_id = external_id.as_deref().unwrap_or(""),
-                    synced_version,
-                    "task succeeded"
-                ),
-                Outcome::Retry { error, new_key, .. } => {
-                    tracing::warn!(elapsed_ms, %error, new_key, "task will be retried")
-                }
-                Outcome::Dead(error) => tracing::error!(elapsed_ms, %error, "task is dead"),
-            }
+            log(&outcome, started.elapsed());
             self.record(&task, outcome).await;
         }
         .instrument(span)
@@ -244,40 +254,29 @@ impl Worker {
         }
     }
 
-    /// What every provider needs first: the operation, the customer as it is now, and its
-    /// link at `provider`; `Err` is the outcome when the task cannot go on.
+    /// The customer as it is now and its link at the task's provider; `Err` is the
+    /// outcome when the task cannot go on.
     async fn prepare(
         &self,
         task: &TaskRow,
-        provider: Provider,
-    ) -> Result<(Operation, CustomerRow, Option<links::LinkRow>), Outcome> {
-        let operation = Operation::parse(&task.operation).map_err(|e| Outcome::Dead(e.0))?;
-        let id = task.customer_id.clone();
+    ) -> Result<(CustomerRow, Option<links::LinkRow>), Outcome> {
+        let (id, provider) = (task.customer_id.clone(), task.provider);
         let state = db::run(&self.pool, move |conn| {
-            let customer_id = CustomerId::parse(&id).map_err(|e| DbError::Unexpected(e.into()))?;
-            let customer = shared::db::customers::find(conn, &customer_id)?;
+            let customer = customers::find(conn, &id)?;
             let link = links::find(conn, &id, provider)?;
-            Ok((customer, link))
+            Ok::<_, DbError>((customer, link))
         })
         .await;
         match state {
-            Ok((Some(customer), link)) => Ok((operation, customer, link)),
+            Ok((Some(customer), link)) => Ok((customer, link)),
             Ok((None, _)) => Err(Outcome::Dead("the local customer does not exist".into())),
-            Err(e) => Err(Outcome::Retry {
-                error: format!("reading the customer: {e}"),
-                retry_after: None,
-                new_key: false,
-                sent_email: None,
-            }),
+            Err(e) => Err(Outcome::retry(format!("reading the customer: {e}"))),
         }
     }
 
-    /// One Stripe task, sending the customer's current state (SPEC "Outward").
-    async fn execute_stripe(&self, task: &TaskRow) -> Outcome {
-        let Some(stripe) = &self.stripe else {
-            return Outcome::Dead("STRIPE_API_KEY is not configured in this consumer".into());
-        };
-        let (operation, customer, link) = match self.prepare(task, Provider::Stripe).await {
+    /// One task at its provider, sending the customer's current state (README "Operations").
+    async fn execute(&self, api: &dyn ProviderApi, task: &TaskRow) -> Outcome {
+        let (customer, link) = match self.prepare(task).await {
             Ok(state) => state,
             Err(outcome) => return outcome,
         };
@@ -285,179 +284,23 @@ impl Worker {
         let linked = link.and_then(|l| l.external_id);
         // A remote change applied meanwhile, or an earlier task that already pushed this
         // state: a stale queued call must not overwrite it.
-        if synced >= task.version && (operation != Operation::Create || linked.is_some()) {
-            return Outcome::Done {
-                external_id: None,
-                synced_version: synced,
-            };
+        let found = linked.is_some() || api.keyed_by_local_id();
+        if synced >= task.version && (task.operation != Operation::Create || found) {
+            return Outcome::done(None, synced);
         }
-        // The state we push: a tombstone's fields are those of the version before the delete.
-        let deleted = customer.deleted_at.is_some();
-        let pushed = if deleted {
-            customer.version - 1
-        } else {
-            customer.version
+        let call = Call {
+            api,
+            task,
+            // The state we push: a tombstone's fields are those of the version before the
+            // delete.
+            pushed: customer.version - i64::from(customer.deleted_at.is_some()),
+            customer,
+            linked,
         };
-        let key = queue::idempotency_key(task);
-        match operation {
-            Operation::Create => {
-                let mut existing = linked;
-                if existing.is_none() && task.key_generation > 0 {
-                    // A 500 spent an earlier key: that call may have created the customer,
-                    // under the email it carried then or the one the customer has now.
-                    let mut emails = task.reconcile_emails.clone();
-                    if !emails.contains(&customer.email) {
-                        emails.push(customer.email.clone());
-                    }
-                    for email in &emails {
-                        self.stripe_limiter.acquire().await;
-                        match stripe.find_customer(&customer.id, email).await {
-                            Ok(Some(found)) => {
-                                tracing::info!(stripe_id = %found.id, "adopted the Stripe customer an earlier attempt created");
-                                existing = Some(found.id);
-                                break;
-                            }
-                            Ok(None) => {}
-                            Err(e) => return e.into(),
-                        }
-                    }
-                }
-                self.stripe_limiter.acquire().await;
-                let result = match &existing {
-                    Some(id) if !deleted => stripe
-                        .update_customer(id, &customer.name, &customer.email, &key)
-                        .await
-                        .map(|c| c.id),
-                    Some(id) => Ok(id.clone()),
-                    None => stripe
-                        .create_customer(&customer.id, &customer.name, &customer.email, &key)
-                        .await
-                        .map(|c| c.id),
-                };
-                match result {
-                    Ok(id) => Outcome::Done {
-                        external_id: Some(id),
-                        synced_version: pushed,
-                    },
-                    Err(e) => match Outcome::from(e) {
-                        Outcome::Retry {
-                            error,
-                            retry_after,
-                            new_key: true,
-                            ..
-                        } if existing.is_none() => Outcome::Retry {
-                            error,
-                            retry_after,
-                            new_key: true,
-                            sent_email: Some(customer.email.clone()),
-                        },
-                        other => other,
-                    },
-                }
-            }
-            Operation::Update => {
-                let Some(id) = linked else {
-                    return Outcome::Retry {
-                        error: "waiting for the customer's create to succeed".into(),
-                        retry_after: None,
-                        new_key: false,
-                        sent_email: None,
-                    };
-                };
-                if deleted {
-                    // The delete task that follows removes it; nothing to push.
-                    return Outcome::Done {
-                        external_id: None,
-                        synced_version: pushed,
-                    };
-                }
-                self.stripe_limiter.acquire().await;
-                match stripe
-                    .update_customer(&id, &customer.name, &customer.email, &key)
-                    .await
-                {
-                    Ok(_) => Outcome::Done {
-                        external_id: None,
-                        synced_version: pushed,
-                    },
-                    Err(StripeError::Api { status: 404, .. }) => {
-                        // Deleted in Stripe meanwhile: its customer.deleted webhook
-                        // tombstones the customer here; there is nothing left to update.
-                        tracing::warn!(stripe_id = %id, "the Stripe customer no longer exists");
-                        Outcome::Done {
-                            external_id: None,
-                            synced_version: pushed,
-                        }
-                    }
-                    Err(e) => e.into(),
-                }
-            }
-            Operation::Delete => {
-                let target = match linked {
-                    Some(id) => Some(id),
-                    None => {
-                        self.stripe_limiter.acquire().await;
-                        match stripe.find_customer(&customer.id, &customer.email).await {
-                            Ok(found) => found.map(|c| c.id),
-                            Err(e) => return e.into(),
-                        }
-                    }
-                };
-                if let Some(id) = target {
-                    self.stripe_limiter.acquire().await;
-                    if let Err(e) = stripe.delete_customer(&id).await {
-                        return e.into();
-                    }
-                }
-                Outcome::Done {
-                    external_id: None,
-                    synced_version: customer.version,
-                }
-            }
-        }
-    }
-
-    /// One Salesforce task: an upsert by external id is idempotent, so no key is needed.
-    async fn execute_salesforce(&self, task: &TaskRow) -> Outcome {
-        let Some(salesforce) = &self.salesforce else {
-            return Outcome::Dead("Salesforce is not configured in this consumer".into());
-        };
-        let (operation, customer, link) = match self.prepare(task, Provider::Salesforce).await {
-            Ok(state) => state,
-            Err(outcome) => return outcome,
-        };
-        let synced = link.as_ref().map_or(0, |l| l.synced_version);
-        if synced >= task.version {
-            return Outcome::Done {
-                external_id: None,
-                synced_version: synced,
-            };
-        }
-        let deleted = customer.deleted_at.is_some();
-        match operation {
-            Operation::Create | Operation::Update if deleted => Outcome::Done {
-                external_id: None,
-                synced_version: customer.version - 1,
-            },
-            Operation::Create | Operation::Update => {
-                match salesforce
-                    .upsert_contact(&customer.id, &customer.name, &customer.email)
-                    .await
-                {
-                    Ok(id) => Outcome::Done {
-                        external_id: id,
-                        synced_version: customer.version,
-                    },
-                    Err(e) => e.into(),
-                }
-            }
-            Operation::Delete => match salesforce.delete_contact(&customer.id).await {
-                Ok(()) => Outcome::Done {
-                    external_id: None,
-                    synced_version: customer.version,
-                },
-                Err(e) => e.into(),
-            },
+        match task.operation {
+            Operation::Create => call.create().await,
+            Operation::Update => call.update().await,
+            Operation::Delete => call.delete().await,
         }
     }
 
@@ -478,5 +321,160 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Runs every task of `provider` until none is pending or in flight (those waiting
+    /// for a retry included), then returns how many executions it took: a deterministic
+    /// drain for tests and one-off runs, instead of a claim loop and a poll.
+    pub async fn drain(self: &Arc<Self>, provider: Provider) -> Result<usize, DbError> {
+        let bell = Arc::new(Notify::new());
+        let mut executed = 0;
+        loop {
+            executed += self.claim_while_free(provider, &bell).await;
+            // Every started execution finishes (and releases its permit) before we look.
+            let all = self.concurrency as u32;
+            drop(self.permits.acquire_many(all).await.expect("never closed"));
+            let next_due =
+                db::run(&self.pool, move |conn| Ok(queue::next_due(conn, provider)?)).await?;
+            match next_due {
+                None => return Ok(executed),
+                Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// One provider call for one task: what it needs to decide what to send.
+struct Call<'a> {
+    api: &'a dyn ProviderApi,
+    task: &'a TaskRow,
+    customer: CustomerRow,
+    /// The provider's id for the customer, when we know it.
+    linked: Option<String>,
+    /// The version whose state the call pushes.
+    pushed: i64,
+}
+
+impl Call<'_> {
+    fn deleted(&self) -> bool {
+        self.customer.deleted_at.is_some()
+    }
+
+    /// Creates the customer, unless an earlier attempt did: after a 500 spent a key, that
+    /// call may have created it, under the email it carried then or the one it has now.
+    async fn create(self) -> Outcome {
+        let mut existing = self.linked.clone();
+        if existing.is_none() && self.task.key_generation > 0 {
+            let mut emails = self.task.reconcile_emails.clone();
+            if !emails.contains(&self.customer.email) {
+                emails.push(self.customer.email.clone());
+            }
+            match self.api.find_existing(&self.customer, &emails).await {
+                Ok(Some(found)) => {
+                    tracing::info!(external_id = %found, "adopted the object an earlier attempt created");
+                    existing = Some(found);
+                }
+                Ok(None) => {}
+                Err(e) => return e.into(),
+            }
+        }
+        let key = queue::idempotency_key(self.task);
+        let result = match &existing {
+            Some(id) if !self.deleted() => self
+                .api
+                .update(Some(id), &self.customer, &key)
+                .await
+                .map(|told| told.or(Some(id.clone()))),
+            Some(id) => Ok(Some(id.clone())),
+            None if self.deleted() && self.api.keyed_by_local_id() => Ok(None),
+            None => self.api.create(&self.customer, &key).await,
+        };
+        match result {
+            Ok(id) => Outcome::done(id, self.pushed),
+            Err(e) => match Outcome::from(e) {
+                Outcome::Retry {
+                    error,
+                    retry_after,
+                    new_key: true,
+                    ..
+                } if existing.is_none() => Outcome::Retry {
+                    error,
+                    retry_after,
+                    new_key: true,
+                    sent_email: Some(self.customer.email.clone()),
+                },
+                other => other,
+            },
+        }
+    }
+
+    /// Pushes the current name and email.
+    async fn update(self) -> Outcome {
+        if self.linked.is_none() && !self.api.keyed_by_local_id() {
+            return Outcome::retry("waiting for the customer's create to succeed");
+        }
+        if self.deleted() {
+            // The delete task that follows removes it; nothing to push.
+            return Outcome::done(None, self.pushed);
+        }
+        let key = queue::idempotency_key(self.task);
+        match self
+            .api
+            .update(self.linked.as_deref(), &self.customer, &key)
+            .await
+        {
+            Ok(id) => Outcome::done(id, self.pushed),
+            Err(CallError::Gone(_)) => {
+                // Deleted at the provider meanwhile: its deletion webhook tombstones the
+                // customer here; there is nothing left to update.
+                tracing::warn!(
+                    external_id = self.linked.as_deref().unwrap_or(""),
+                    "the provider's object no longer exists"
+                );
+                Outcome::done(None, self.pushed)
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Deletes the provider's object, found by our metadata when it was never linked.
+    async fn delete(self) -> Outcome {
+        let target = match (&self.linked, self.api.keyed_by_local_id()) {
+            (_, true) | (Some(_), false) => self.linked.clone(),
+            (None, false) => {
+                let emails = [self.customer.email.clone()];
+                match self.api.find_existing(&self.customer, &emails).await {
+                    Ok(found) => found,
+                    Err(e) => return e.into(),
+                }
+            }
+        };
+        if target.is_some() || self.api.keyed_by_local_id() {
+            if let Err(e) = self.api.delete(target.as_deref(), &self.customer).await {
+                return e.into();
+            }
+        }
+        Outcome::done(None, self.customer.version)
+    }
+}
+
+/// One log line per execution, at the level its outcome deserves.
+fn log(outcome: &Outcome, elapsed: Duration) {
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match outcome {
+        Outcome::Done {
+            external_id,
+            synced_version,
+        } => tracing::info!(
+            elapsed_ms,
+            external_id = external_id.as_deref().unwrap_or(""),
+            synced_version,
+            "task succeeded"
+        ),
+        Outcome::Retry { error, new_key, .. } => {
+            tracing::warn!(elapsed_ms, %error, new_key, "task will be retried")
+        }
+        Outcome::Dead(error) => tracing::error!(elapsed_ms, %error, "task is dead"),
     }
 }

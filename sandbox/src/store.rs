@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::webhooks::Outbox;
 
 /// The API version events are rendered with (the SDK's pinned one; Stripe uses the account's).
-pub const API_VERSION: &str = "2026-10-28.endive";
+pub use shared::stripe::API_VERSION;
 
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 

@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::Value;
-use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -26,16 +24,7 @@ const SHUFFLE_WINDOW: usize = 8;
 const SHUFFLE_WAIT: Duration = Duration::from_millis(30);
 
 /// `t=<unix>,v1=<hex>`: HMAC-SHA256 over `t.body`, keyed with the whole `whsec_` string.
-pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac.finalize().into_bytes())
-    )
-}
+pub use shared::stripe::signature::sign as signature_header;
 
 /// One delivery of one event.
 #[derive(Debug)]
@@ -199,20 +188,5 @@ impl Deliverer {
                 false
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_signature_is_hmac_sha256_over_t_dot_body_keyed_with_the_whole_secret() {
-        // printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac whsec_test
-        let header = signature_header("whsec_test", 1_700_000_000, br#"{"a":1}"#);
-        assert_eq!(
-            header,
-            "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
-        );
     }
 }

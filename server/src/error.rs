@@ -148,15 +148,24 @@ impl From<DbError> for ApiError {
     }
 }
 
+/// The one place where the catalog's refusals become status codes.
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
+        let message = e.to_string();
         match e {
+            CatalogError::Db(e) => e.into(),
             CatalogError::NotFound(_) => ApiError::NotFound {
                 code: "customer_not_found",
-                message: e.to_string(),
+                message,
             },
-            CatalogError::Conflict { code, message } => ApiError::Conflict { code, message },
-            CatalogError::Db(e) => e.into(),
+            CatalogError::Exists(_) | CatalogError::ExistedAndDeleted(_) => ApiError::Conflict {
+                code: "customer_exists",
+                message,
+            },
+            CatalogError::Deleted(_) => ApiError::Conflict {
+                code: "customer_deleted",
+                message,
+            },
         }
     }
 }

@@ -41,17 +41,13 @@ impl Publisher {
     /// Announces committed tasks; never waits and never fails the request.
     pub fn announce(&self, tasks: &[TaskRow]) {
         for task in tasks {
-            match Envelope::try_from(task) {
-                Ok(envelope) => {
-                    if self
-                        .queue
-                        .try_send((task.provider.clone(), envelope.encode()))
-                        .is_err()
-                    {
-                        tracing::warn!(task_id = %task.id, "publish queue full; the sweep will pick the task up");
-                    }
-                }
-                Err(e) => tracing::error!(task_id = %task.id, error = %e, "unpublishable task"),
+            let envelope = Envelope::from(task);
+            if self
+                .queue
+                .try_send((task.provider.to_string(), envelope.encode()))
+                .is_err()
+            {
+                tracing::warn!(task_id = %task.id, "publish queue full; the sweep will pick the task up");
             }
         }
     }

@@ -11,18 +11,10 @@ use shared::db::{self, DbError, PgConn, PgPool};
 use shared::domain::Provider;
 use tracing_actix_web::{RequestId, TracingLogger};
 
-use crate::auth::{require_token, ApiToken};
-use crate::batcher::GroupCommit;
+use crate::auth::ApiToken;
+use crate::committers;
 use crate::publisher::Publisher;
-use crate::routes::webhook::{self, WebhookSettings};
-use crate::routes::{self, customers, health, invoices, tasks};
-
-/// Committers for creates: one. A batch is one statement, so a single committer keeps
-/// up and its batches are larger; two and three were slower (see BENCHMARKS.md).
-const CREATE_COMMITTERS: usize = 1;
-/// Committers for webhook events: two; three was no faster, and four or more made
-/// batches smaller and ingest slower (see BENCHMARKS.md).
-const EVENT_COMMITTERS: usize = 2;
+use crate::routes::{self, webhook::WebhookSettings};
 
 /// Connections the kernel completes and queues while the server serves
 /// `HTTP_MAX_CONNECTIONS` (capped by `net.core.somaxconn`). Beyond it, new connections' SYNs
@@ -77,10 +69,10 @@ pub struct AppState {
     pub providers: Vec<Provider>,
     /// The ZeroMQ publisher.
     pub publisher: Publisher,
-    /// Group commit for creates.
-    pub creates: customers::Creates,
+    /// Group commit for catalog changes.
+    pub changes: committers::Changes,
     /// Group commit for webhook events.
-    pub events: webhook::Events,
+    pub events: committers::Events,
 }
 
 impl AppState {
@@ -133,15 +125,13 @@ impl Application {
             pool: pool.clone(),
             providers: settings.common.enabled_providers(),
             publisher,
-            creates: GroupCommit::start(
-                db::bulk_pool(&settings.common.database_url, CREATE_COMMITTERS as u32),
-                CREATE_COMMITTERS,
-                customers::commit_creates(settings.common.enabled_providers()),
+            changes: committers::changes(
+                &settings.common.database_url,
+                settings.common.enabled_providers(),
             ),
-            events: GroupCommit::start(
-                db::bulk_pool(&settings.common.database_url, EVENT_COMMITTERS as u32),
-                EVENT_COMMITTERS,
-                webhook::commit_events(settings.common.enabled_providers()),
+            events: committers::events(
+                &settings.common.database_url,
+                settings.common.enabled_providers(),
             ),
         });
         let pool = web::Data::new(pool);
@@ -154,13 +144,10 @@ impl Application {
         let hooks = web::Data::new(WebhookSettings {
             secrets: settings.webhook_secrets.clone(),
             tolerance_secs: settings.webhook_tolerance.as_secs() as i64,
-            stripe: settings.common.stripe.clone().map(|stripe| {
-                let client = reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(10))
-                    .build()
-                    .expect("an HTTP client");
-                (client, stripe)
-            }),
+            stripe: match &settings.common.stripe {
+                Some(stripe) => Some(shared::stripe::StripeClient::new(stripe)?),
+                None => None,
+            },
         });
         // actix counts connections per worker: the limit is shared out between them, and
         // there are never more workers than connections to share (nor than actix allows).
@@ -179,7 +166,7 @@ impl Application {
                 .app_data(routes::json_config())
                 .app_data(routes::query_config())
                 .app_data(web::PathConfig::default())
-                .configure(api)
+                .configure(routes::configure)
                 .default_service(web::to(routes::no_route))
         })
         .workers(workers)
@@ -212,66 +199,6 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
-}
-
-/// The `/api/v1` routes.
-fn api(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1")
-            .route("/health", web::get().to(health::health))
-            .service(
-                web::resource("/endpoint/stripe")
-                    .post(webhook::stripe)
-                    .default_service(web::to(routes::wrong_method)),
-            )
-            .service(
-                web::scope("")
-                    .wrap(middleware::from_fn(require_token))
-                    .service(
-                        web::resource("/customers")
-                            .get(customers::list)
-                            .post(customers::create)
-                            .default_service(web::to(routes::wrong_method)),
-                    )
-                    .service(
-                        web::resource("/task/create/customer")
-                            .post(customers::create)
-                            .default_service(web::to(routes::wrong_method)),
-                    )
-                    .service(
-                        web::resource("/customers/{id}")
-                            .get(customers::get)
-                            .patch(customers::update)
-                            .delete(customers::delete)
-                            .default_service(web::to(routes::wrong_method)),
-                    )
-                    .service(
-                        web::resource("/tasks")
-                            .get(tasks::list)
-                            .default_service(web::to(routes::wrong_method)),
-                    )
-                    .service(
-                        web::resource("/tasks/{id}")
-                            .get(tasks::get)
-                            .default_service(web::to(routes::wrong_method)),
-                    )
-                    .service(
-                        web::resource("/invoices")
-                            .get(invoices::list)
-                            .default_service(web::to(routes::wrong_method)),
-                    )
-                    .service(
-                        web::resource("/invoices/{id}")
-                            .get(invoices::get)
-                            .default_service(web::to(routes::wrong_method)),
-                    )
-                    .service(
-                        web::resource("/tasks/{id}/retry")
-                            .post(tasks::retry)
-                            .default_service(web::to(routes::wrong_method)),
-                    ),
-            ),
-    );
 }
 
 /// Returns the request id in `X-Request-Id`, so a caller can quote it.

@@ -1,16 +1,42 @@
-//! Changes to the customer catalog: each writes the customer (version + 1) and one
-//! task per enabled provider in one transaction.
+//! Changes to the customer catalog. Every change (create, update, delete) is a
+//! [`Command`] committed by [`commit`]: the customer (version + 1) and one task per
+//! enabled provider, in one transaction, many changes per commit.
 
 use std::collections::HashMap;
 
 use diesel::prelude::*;
 
-use crate::db::customers::{self, CustomerFilter, CustomerRow};
+use crate::db::customers::{self, CustomerFilter, CustomerRow, NewRow};
 use crate::db::links::{self, LinkRow};
 use crate::db::tasks::{self as task_rows, TaskRow};
 use crate::db::DbError;
 use crate::domain::{CustomerId, CustomerName, Email, Operation, Provider};
 use crate::queue;
+
+/// A change the API asks for.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// A new customer; the same id with the same fields again is a no-op (a retry).
+    Create(NewCustomer),
+    /// New name and/or email; nothing to change is a no-op.
+    Update {
+        id: CustomerId,
+        name: Option<CustomerName>,
+        email: Option<Email>,
+    },
+    /// Makes the customer a tombstone; deleting a tombstone again is a no-op.
+    Delete(CustomerId),
+}
+
+impl Command {
+    /// The customer the command is about.
+    pub fn customer_id(&self) -> &CustomerId {
+        match self {
+            Command::Create(new) => &new.id,
+            Command::Update { id, .. } | Command::Delete(id) => id,
+        }
+    }
+}
 
 /// What a change did: the customer as it now stands and the tasks it queued.
 #[derive(Debug)]
@@ -21,7 +47,7 @@ pub struct Change {
     pub links: Vec<LinkRow>,
     /// The tasks queued by this change (empty when nothing changed).
     pub tasks: Vec<TaskRow>,
-    /// Whether anything was written (202) rather than a no-op (200).
+    /// Whether anything was written, rather than a no-op.
     pub changed: bool,
 }
 
@@ -30,15 +56,16 @@ pub struct Change {
 pub enum CatalogError {
     /// No customer has this id.
     #[error("no customer with id '{0}'")]
-    NotFound(String),
-    /// The request contradicts what is stored.
-    #[error("{message}")]
-    Conflict {
-        /// Machine-readable code.
-        code: &'static str,
-        /// What happened, for the caller.
-        message: String,
-    },
+    NotFound(CustomerId),
+    /// A create names an existing customer with other fields.
+    #[error("customer '{0}' already exists with other fields; use PATCH to change it")]
+    Exists(CustomerId),
+    /// A create names a customer that existed and was deleted.
+    #[error("customer '{0}' existed and was deleted; use another id")]
+    ExistedAndDeleted(CustomerId),
+    /// An update names a deleted customer.
+    #[error("customer '{0}' is deleted and cannot be changed")]
+    Deleted(CustomerId),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -65,156 +92,135 @@ pub struct NewCustomer {
     pub email: Email,
 }
 
-/// Creates a customer; the same id with the same fields again is a no-op (a client retry).
-pub fn create(
+/// One answer per command of a batch, in order.
+pub type Answers = Vec<Result<Change, CatalogError>>;
+
+/// Commits a batch of commands (group commit): each gets the answer it would have had
+/// alone, in the order given, so changes to one customer apply in arrival order.
+///
+/// A run of creates is one statement, which PostgreSQL commits on its own: one round trip
+/// for the run instead of five (`BEGIN`, three INSERTs, `COMMIT`), which bounded the task
+/// API (see `bench/NOTES.md`). A run of updates and deletes is one transaction. An `Err`
+/// is a database failure that rolled back its run; the caller may retry the commands one
+/// at a time so that one bad command does not fail the others.
+pub fn commit(
     conn: &mut PgConnection,
-    new: &NewCustomer,
+    batch: &[(Command, Origin)],
     providers: &[Provider],
-    origin: &Origin,
-) -> Result<Change, CatalogError> {
-    conn.transaction(|conn| {
-        if let Some(customer) = customers::insert_if_absent(conn, &new.id, &new.name, &new.email)? {
-            let tasks = queue_tasks(conn, &customer, Operation::Create, providers, origin)?;
-            return finish(conn, customer, tasks, true);
+) -> Result<Answers, DbError> {
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut rest = batch;
+    while let Some((first, _)) = rest.first() {
+        let creating = matches!(first, Command::Create(_));
+        let run = rest
+            .iter()
+            .position(|(c, _)| matches!(c, Command::Create(_)) != creating)
+            .unwrap_or(rest.len());
+        let (now, later) = rest.split_at(run);
+        if creating {
+            answers.extend(create_run(conn, now, providers)?);
+        } else {
+            answers.extend(change_run(conn, now, providers)?);
         }
-        existing_create(conn, new)
-    })
+        rest = later;
+    }
+    Ok(answers)
+}
+
+/// Commits one command alone.
+pub fn commit_one(
+    conn: &mut PgConnection,
+    command: Command,
+    origin: Origin,
+    providers: &[Provider],
+) -> Result<Change, CatalogError> {
+    commit(conn, &[(command, origin)], providers)?
+        .pop()
+        .expect("one answer per command")
+}
+
+/// Creates: the first item with an id creates it; an id that was taken, or repeated in
+/// the run, is then answered as a retry or a conflict, each on its own.
+fn create_run(
+    conn: &mut PgConnection,
+    run: &[(Command, Origin)],
+    providers: &[Provider],
+) -> Result<Answers, DbError> {
+    let creates: Vec<(&NewCustomer, &Origin)> = run
+        .iter()
+        .filter_map(|(command, origin)| match command {
+            Command::Create(new) => Some((new, origin)),
+            _ => None,
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<(&NewCustomer, &Origin)> = creates
+        .iter()
+        .copied()
+        .filter(|(new, _)| seen.insert(&new.id))
+        .collect();
+    let mut created = insert_with_tasks(conn, &first, providers)?;
+    creates
+        .iter()
+        .map(|(new, _)| match created.remove(&new.id) {
+            Some(change) => Ok(Ok(change)),
+            None => match existing_create(conn, new) {
+                Err(CatalogError::Db(e)) => Err(e),
+                answer => Ok(answer),
+            },
+        })
+        .collect()
 }
 
 /// The answer to a create whose id is taken: a no-op for the same fields, else a conflict.
 fn existing_create(conn: &mut PgConnection, new: &NewCustomer) -> Result<Change, CatalogError> {
-    let existing = customers::find_for_update(conn, &new.id)?
-        .ok_or_else(|| CatalogError::NotFound(new.id.to_string()))?;
+    let existing =
+        customers::find(conn, &new.id)?.ok_or_else(|| CatalogError::NotFound(new.id.clone()))?;
     if existing.deleted_at.is_some() {
-        return Err(CatalogError::Conflict {
-            code: "customer_exists",
-            message: format!(
-                "customer '{}' existed and was deleted; use another id",
-                new.id
-            ),
-        });
+        return Err(CatalogError::ExistedAndDeleted(new.id.clone()));
     }
     if existing.name != new.name.as_str() || existing.email != new.email.as_str() {
-        return Err(CatalogError::Conflict {
-            code: "customer_exists",
-            message: format!(
-                "customer '{}' already exists with other fields; use PATCH to change it",
-                new.id
-            ),
-        });
+        return Err(CatalogError::Exists(new.id.clone()));
     }
     finish(conn, existing, Vec::new(), false)
 }
 
-/// Creates many customers (group commit): the same answers as [`create`] for each, in
-/// order.
-///
-/// The customers, their links and their tasks are written by one statement, which
-/// PostgreSQL commits on its own: one round trip for the batch instead of five (`BEGIN`,
-/// three INSERTs, `COMMIT`), which bounded the task API (see BENCHMARKS.md). The first
-/// item with an id creates it; an id that was taken, or repeated in the batch, is then
-/// answered as a retry or a conflict, each on its own.
-pub fn create_batch(
-    conn: &mut PgConnection,
-    batch: &[(NewCustomer, Origin)],
-    providers: &[Provider],
-) -> Result<Vec<Result<Change, CatalogError>>, DbError> {
-    let mut seen = std::collections::HashSet::new();
-    let first: Vec<&(NewCustomer, Origin)> = batch
-        .iter()
-        .filter(|(new, _)| seen.insert(new.id.as_str()))
-        .collect();
-    let mut created = insert_with_tasks(conn, &first, providers)?;
-    Ok(batch
-        .iter()
-        .map(|(new, _)| match created.remove(new.id.as_str()) {
-            Some(change) => Ok(change),
-            None => existing_create(conn, new),
-        })
-        .collect())
-}
-
-/// Inserts the customers whose ids are free, with a link and a `create` task at each
-/// provider, in one statement; answers the changes by customer id.
+/// Inserts the customers whose ids are free, with their links and tasks; answers the
+/// changes by customer id.
 fn insert_with_tasks(
     conn: &mut PgConnection,
-    items: &[&(NewCustomer, Origin)],
+    items: &[(&NewCustomer, &Origin)],
     providers: &[Provider],
-) -> Result<HashMap<String, Change>, DbError> {
-    use diesel::sql_types::{Array, Nullable, Text, Uuid};
-    let column = |f: fn(&NewCustomer) -> &str| -> Vec<&str> {
-        items.iter().map(|(new, _)| f(new)).collect()
-    };
-    let (ids, names, emails) = (
-        column(|n| n.id.as_str()),
-        column(|n| n.name.as_str()),
-        column(|n| n.email.as_str()),
-    );
+) -> Result<HashMap<CustomerId, Change>, DbError> {
     if providers.is_empty() {
+        let ids: Vec<&CustomerId> = items.iter().map(|(new, _)| &new.id).collect();
+        let names: Vec<&str> = items.iter().map(|(new, _)| new.name.as_str()).collect();
+        let emails: Vec<&str> = items.iter().map(|(new, _)| new.email.as_str()).collect();
         let rows = customers::insert_many(conn, &ids, &names, &emails)?;
         return Ok(rows
             .into_iter()
             .map(|customer| (customer.id.clone(), new_change(customer)))
             .collect());
     }
-    // Tasks in request order (their `seq` follows it), then by provider.
-    let pairs: Vec<(&(NewCustomer, Origin), Provider)> = items
+    let rows: Vec<NewRow<'_>> = items
         .iter()
-        .flat_map(|item| providers.iter().map(move |p| (*item, *p)))
+        .map(|(new, origin)| NewRow {
+            id: &new.id,
+            name: new.name.as_str(),
+            email: new.email.as_str(),
+            request_id: origin.request_id.as_deref(),
+        })
         .collect();
-    let task_ids: Vec<crate::domain::TaskId> = pairs
-        .iter()
-        .map(|_| crate::domain::TaskId::generate())
-        .collect();
-    let tasks: Vec<TaskRow> = crate::db::statement::statement(
-        "WITH c AS (INSERT INTO customers (id, name, email) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
-             ON CONFLICT DO NOTHING RETURNING id, version), \
-         l AS (INSERT INTO provider_links (customer_id, provider) \
-             SELECT c.id, p.provider FROM c CROSS JOIN unnest($4::text[]) AS p(provider)) \
-         INSERT INTO sync_tasks (id, provider, customer_id, operation, version, \
-             idempotency_key, request_id) \
-         SELECT t.i, t.p, t.c, 'create', c.version, t.k, t.r \
-         FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[]) \
-           WITH ORDINALITY AS t(i, p, c, k, r, n) \
-         JOIN c ON c.id = t.c ORDER BY t.n RETURNING *",
-    )
-    .bind::<Array<Text>, _>(&ids)
-    .bind::<Array<Text>, _>(&names)
-    .bind::<Array<Text>, _>(&emails)
-    .bind::<Array<Text>, _>(providers.iter().map(|p| p.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Uuid>, _>(task_ids.iter().map(|id| id.as_uuid()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(pairs.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(
-        pairs
-            .iter()
-            .map(|((new, _), _)| new.id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Text>, _>(
-        task_ids
-            .iter()
-            .map(|id| queue::key_for(*id))
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        pairs
-            .iter()
-            .map(|((_, origin), _)| origin.request_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .load(conn)?;
-    let requested: HashMap<&str, &NewCustomer> = items
-        .iter()
-        .map(|(new, _)| (new.id.as_str(), new))
-        .collect();
-    let mut changes: HashMap<String, Change> = HashMap::new();
+    let tasks = customers::insert_with_tasks(conn, &rows, providers)?;
+    let requested: HashMap<&CustomerId, &NewCustomer> =
+        items.iter().map(|(new, _)| (&new.id, *new)).collect();
+    let mut changes: HashMap<CustomerId, Change> = HashMap::new();
     for task in tasks {
         let change = changes.entry(task.customer_id.clone()).or_insert_with(|| {
-            let new = requested[task.customer_id.as_str()];
+            let new = requested[&task.customer_id];
             // The rows this statement inserted, as PostgreSQL wrote them: every column
             // is given above or takes its default, and now() is the same for all.
-            let customer = CustomerRow {
+            new_change(CustomerRow {
                 id: task.customer_id.clone(),
                 name: new.name.as_str().to_owned(),
                 email: new.email.as_str().to_owned(),
@@ -222,12 +228,11 @@ fn insert_with_tasks(
                 created_at: task.created_at,
                 updated_at: task.created_at,
                 deleted_at: None,
-            };
-            new_change(customer)
+            })
         });
         change.links.push(LinkRow {
             customer_id: task.customer_id.clone(),
-            provider: task.provider.clone(),
+            provider: task.provider,
             external_id: None,
             synced_version: 0,
             remote_event_created: None,
@@ -252,52 +257,70 @@ fn new_change(customer: CustomerRow) -> Change {
     }
 }
 
-/// Changes name and/or email; nothing to change is a no-op.
-pub fn update(
+/// Updates and deletes in one transaction; a database failure rolls all of them back.
+fn change_run(
     conn: &mut PgConnection,
-    id: &CustomerId,
-    name: Option<&CustomerName>,
-    email: Option<&Email>,
+    run: &[(Command, Origin)],
     providers: &[Provider],
-    origin: &Origin,
-) -> Result<Change, CatalogError> {
+) -> Result<Answers, DbError> {
     conn.transaction(|conn| {
-        let existing = customers::find_for_update(conn, id)?
-            .ok_or_else(|| CatalogError::NotFound(id.to_string()))?;
-        if existing.deleted_at.is_some() {
-            return Err(CatalogError::Conflict {
-                code: "customer_deleted",
-                message: format!("customer '{id}' is deleted and cannot be changed"),
-            });
-        }
-        let new_name = name.map_or(existing.name.as_str(), CustomerName::as_str);
-        let new_email = email.map_or(existing.email.as_str(), Email::as_str);
-        if new_name == existing.name && new_email == existing.email {
-            return finish(conn, existing, Vec::new(), false);
-        }
-        let customer = customers::update_fields(conn, id, new_name, new_email)?;
-        let tasks = queue_tasks(conn, &customer, Operation::Update, providers, origin)?;
-        finish(conn, customer, tasks, true)
+        // The committers' connections keep PostgreSQL's default plan cache mode for the
+        // bulk inserts; these probes by key are planned for the tables as they are now.
+        diesel::sql_query("SET LOCAL plan_cache_mode = force_custom_plan").execute(conn)?;
+        run.iter()
+            .map(
+                |(command, origin)| match change(conn, command, origin, providers) {
+                    Err(CatalogError::Db(e)) => Err(e),
+                    answer => Ok(answer),
+                },
+            )
+            .collect()
     })
 }
 
-/// Makes the customer a tombstone; deleting a tombstone again is a no-op.
-pub fn delete(
+/// One update or delete, inside [`change_run`]'s transaction.
+fn change(
     conn: &mut PgConnection,
-    id: &CustomerId,
-    providers: &[Provider],
+    command: &Command,
     origin: &Origin,
+    providers: &[Provider],
 ) -> Result<Change, CatalogError> {
-    conn.transaction(|conn| {
-        let existing = customers::find_for_update(conn, id)?
-            .ok_or_else(|| CatalogError::NotFound(id.to_string()))?;
-        if existing.deleted_at.is_some() {
-            return finish(conn, existing, Vec::new(), false);
+    let id = command.customer_id();
+    let existing =
+        customers::find_for_update(conn, id)?.ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+    let (customer, operation) = match command {
+        Command::Create(_) => unreachable!("creates are committed by create_run"),
+        Command::Update { name, email, .. } => {
+            if existing.deleted_at.is_some() {
+                return Err(CatalogError::Deleted(id.clone()));
+            }
+            let new_name = name
+                .as_ref()
+                .map_or(existing.name.as_str(), CustomerName::as_str);
+            let new_email = email
+                .as_ref()
+                .map_or(existing.email.as_str(), Email::as_str);
+            if new_name == existing.name && new_email == existing.email {
+                return finish(conn, existing, Vec::new(), false);
+            }
+            let customer = customers::update_fields(conn, id, new_name, new_email)?;
+            (customer, Operation::Update)
         }
-        let customer = customers::tombstone(conn, id)?;
-        let tasks = queue_tasks(conn, &customer, Operation::Delete, providers, origin)?;
-        finish(conn, customer, tasks, true)
-    })
+        Command::Delete(_) => {
+            if existing.deleted_at.is_some() {
+                return finish(conn, existing, Vec::new(), false);
+            }
+            (customers::tombstone(conn, id)?, Operation::Delete)
+        }
+    };
+    let tasks = queue::enqueue_for(
+        conn,
+        &[&customer],
+        operation,
+        providers,
+        origin.request_id.as_deref(),
+    )?;
+    finish(conn, customer, tasks, true)
 }
 
 /// A customer with its provider links and the providers where a task is dead.
@@ -306,13 +329,12 @@ pub struct CustomerView {
     pub customer: CustomerRow,
     pub links: Vec<LinkRow>,
     /// Providers with a `dead` task for this customer (needs a manual retry).
-    pub dead_providers: Vec<String>,
+    pub dead_providers: Vec<Provider>,
 }
 
 /// The customer with its links.
 pub fn get(conn: &mut PgConnection, id: &CustomerId) -> Result<CustomerView, CatalogError> {
-    let customer =
-        customers::find(conn, id)?.ok_or_else(|| CatalogError::NotFound(id.to_string()))?;
+    let customer = customers::find(conn, id)?.ok_or_else(|| CatalogError::NotFound(id.clone()))?;
     Ok(views(conn, vec![customer])?.remove(0))
 }
 
@@ -326,7 +348,7 @@ pub fn list(
 }
 
 fn views(conn: &mut PgConnection, page: Vec<CustomerRow>) -> QueryResult<Vec<CustomerView>> {
-    let ids: Vec<String> = page.iter().map(|c| c.id.clone()).collect();
+    let ids: Vec<&CustomerId> = page.iter().map(|c| &c.id).collect();
     let links = links::for_customers(conn, &ids)?;
     let dead = task_rows::dead_pairs(conn, &ids)?;
     Ok(page
@@ -340,35 +362,11 @@ fn views(conn: &mut PgConnection, page: Vec<CustomerRow>) -> QueryResult<Vec<Cus
             dead_providers: dead
                 .iter()
                 .filter(|(c, _)| *c == customer.id)
-                .map(|(_, p)| p.clone())
+                .map(|(_, p)| *p)
                 .collect(),
             customer,
         })
         .collect())
-}
-
-fn queue_tasks(
-    conn: &mut PgConnection,
-    customer: &CustomerRow,
-    operation: Operation,
-    providers: &[Provider],
-    origin: &Origin,
-) -> QueryResult<Vec<TaskRow>> {
-    let id = CustomerId::parse(&customer.id).expect("stored ids are valid");
-    providers
-        .iter()
-        .map(|&provider| {
-            links::ensure(conn, &id, provider)?;
-            queue::enqueue(
-                conn,
-                provider,
-                &id,
-                operation,
-                customer.version,
-                origin.request_id.as_deref(),
-            )
-        })
-        .collect()
 }
 
 fn finish(
@@ -377,7 +375,7 @@ fn finish(
     tasks: Vec<TaskRow>,
     changed: bool,
 ) -> Result<Change, CatalogError> {
-    let links = links::for_customers(conn, std::slice::from_ref(&customer.id))?;
+    let links = links::for_customers(conn, &[&customer.id])?;
     Ok(Change {
         customer,
         links,

@@ -1,5 +1,6 @@
 //! What customer-sync's binaries share: configuration, domain types, the database
-//! (schema, rows, queries, migrations), the catalog's changes, the task queue and telemetry.
+//! (schema, rows, queries, migrations), the catalog's changes, the inbound rules, the task
+//! queue, the Stripe and Salesforce clients and telemetry.
 
 pub mod catalog;
 pub mod config;
@@ -9,6 +10,8 @@ pub mod inbound;
 pub mod local_pg;
 pub mod messaging;
 pub mod queue;
+pub mod salesforce;
+pub mod stripe;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -29,17 +29,15 @@ impl Envelope {
     }
 }
 
-impl TryFrom<&TaskRow> for Envelope {
-    type Error = crate::domain::ParseError;
-
-    fn try_from(task: &TaskRow) -> Result<Self, Self::Error> {
-        Ok(Self {
+impl From<&TaskRow> for Envelope {
+    fn from(task: &TaskRow) -> Self {
+        Self {
             task_id: task.id,
-            customer_id: task.customer_id.clone(),
-            operation: Operation::parse(&task.operation)?,
+            customer_id: task.customer_id.to_string(),
+            operation: task.operation,
             version: task.version,
             request_id: task.request_id.clone(),
-        })
+        }
     }
 }
 

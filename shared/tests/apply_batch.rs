@@ -5,7 +5,8 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::{json, Value};
 use shared::domain::Provider;
-use shared::inbound::{self, Applied, Event};
+use shared::inbound::{self, Applied, Effect};
+use shared::stripe::Event;
 use shared::testing::TestDatabase;
 
 fn event(id: &str, kind: &str, created: i64, object: Value) -> (Event, Value) {
@@ -195,22 +196,22 @@ fn a_batch_leaves_what_one_event_at_a_time_leaves() {
     assert_eq!(
         single,
         [
-            Applied::Handled("imported"),
-            Applied::Handled("imported"),
+            Applied::Handled(Effect::Imported),
+            Applied::Handled(Effect::Imported),
             Applied::Duplicate,
-            Applied::Handled("invoice stored"),
-            Applied::Handled("imported"),
-            Applied::Handled("applied"),
-            Applied::Handled("applied"),
-            Applied::Handled("id taken"),
-            Applied::Handled("unknown local id"),
-            Applied::Handled("imported"),
+            Applied::Handled(Effect::InvoiceStored),
+            Applied::Handled(Effect::Imported),
+            Applied::Handled(Effect::Applied),
+            Applied::Handled(Effect::Applied),
+            Applied::Handled(Effect::IdTaken),
+            Applied::Handled(Effect::UnknownLocalId),
+            Applied::Handled(Effect::Imported),
             Applied::Unhandled,
-            Applied::Handled("in sync"),
-            Applied::Handled("stale"),
-            Applied::Handled(inbound::UNDECIDED_TIE),
-            Applied::Handled("deleted locally"),
-            Applied::Handled("older than a local change"),
+            Applied::Handled(Effect::InSync),
+            Applied::Handled(Effect::Stale),
+            Applied::Handled(Effect::Tie),
+            Applied::Handled(Effect::DeletedLocally),
+            Applied::Handled(Effect::OlderThanLocal),
         ]
     );
     assert!(expected.contains(&"invoice|in_sync|sync|cus_sync".to_owned()));

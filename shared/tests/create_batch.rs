@@ -2,12 +2,12 @@
 //! create would have given it.
 
 use diesel::prelude::*;
-use shared::catalog::{self, CatalogError, NewCustomer, Origin};
+use shared::catalog::{self, CatalogError, Command, NewCustomer, Origin};
 use shared::db::schema::sync_tasks;
 use shared::domain::{CustomerId, CustomerName, Email, Provider};
 use shared::testing::TestDatabase;
 
-fn item(id: &str, name: &str, request: &str) -> (NewCustomer, Origin) {
+fn item(id: &str, name: &str, request: &str) -> (Command, Origin) {
     let new = NewCustomer {
         id: CustomerId::parse(id).unwrap(),
         name: CustomerName::parse(name).unwrap(),
@@ -16,7 +16,7 @@ fn item(id: &str, name: &str, request: &str) -> (NewCustomer, Origin) {
     let origin = Origin {
         request_id: Some(request.to_owned()),
     };
-    (new, origin)
+    (Command::Create(new), origin)
 }
 
 #[test]
@@ -25,7 +25,7 @@ fn a_batch_answers_each_item_as_a_single_create_would() {
     let mut conn = db.connect();
     let providers = [Provider::Stripe, Provider::Salesforce];
     let (old, origin) = item("old", "Old", "r0");
-    catalog::create(&mut conn, &old, &providers, &origin).unwrap();
+    catalog::commit_one(&mut conn, old, origin, &providers).unwrap();
 
     let batch = vec![
         item("a", "Ada", "r1"),
@@ -35,16 +35,13 @@ fn a_batch_answers_each_item_as_a_single_create_would() {
         item("b", "Other", "r5"), // the same id with other fields
         item("old", "New", "r6"), // an existing id with other fields
     ];
-    let answers = catalog::create_batch(&mut conn, &batch, &providers).unwrap();
+    let answers = catalog::commit(&mut conn, &batch, &providers).unwrap();
 
     let summary: Vec<_> = answers
         .iter()
         .map(|answer| match answer {
             Ok(change) => (change.changed, change.tasks.len(), change.links.len()),
-            Err(CatalogError::Conflict { code, .. }) => {
-                assert_eq!(*code, "customer_exists");
-                (false, usize::MAX, 0)
-            }
+            Err(CatalogError::Exists(_)) => (false, usize::MAX, 0),
             Err(other) => panic!("unexpected {other}"),
         })
         .collect();
@@ -84,16 +81,13 @@ fn a_batch_answers_each_item_as_a_single_create_would() {
 
     // The rows in each answer are the rows as stored, to the column.
     for change in answers.iter().flatten().filter(|c| c.changed) {
-        let id = shared::domain::CustomerId::parse(&change.customer.id).unwrap();
-        let stored = shared::db::customers::find(&mut conn, &id)
+        let stored = shared::db::customers::find(&mut conn, &change.customer.id)
             .unwrap()
             .unwrap();
         assert_eq!(format!("{:?}", change.customer), format!("{stored:?}"));
-        let stored =
-            shared::db::links::for_customers(&mut conn, std::slice::from_ref(&change.customer.id))
-                .unwrap();
+        let stored = shared::db::links::for_customers(&mut conn, &[&change.customer.id]).unwrap();
         let mut answered = change.links.clone();
-        answered.sort_by(|a, b| a.provider.cmp(&b.provider));
+        answered.sort_by_key(|l| l.provider.as_str());
         assert_eq!(format!("{answered:?}"), format!("{stored:?}"));
         for task in &change.tasks {
             let stored = shared::db::tasks::find(&mut conn, shared::domain::TaskId::from(task.id))
@@ -108,7 +102,7 @@ fn a_batch_answers_each_item_as_a_single_create_would() {
 fn a_batch_without_providers_creates_customers_and_no_tasks() {
     let db = TestDatabase::create();
     let mut conn = db.connect();
-    let answers = catalog::create_batch(&mut conn, &[item("solo", "Solo", "r1")], &[]).unwrap();
+    let answers = catalog::commit(&mut conn, &[item("solo", "Solo", "r1")], &[]).unwrap();
     let change = answers[0].as_ref().unwrap();
     assert!(change.changed);
     assert!(change.tasks.is_empty() && change.links.is_empty());
@@ -128,7 +122,7 @@ fn bulk_statements_are_prepared_once_per_connection() {
     let providers = [Provider::Stripe];
     for round in 0..3 {
         let batch = vec![item(&format!("c{round}"), "C", &format!("r{round}"))];
-        catalog::create_batch(&mut conn, &batch, &providers).unwrap();
+        catalog::commit(&mut conn, &batch, &providers).unwrap();
     }
     let prepared = diesel::sql_query(
         "SELECT count(*) AS n FROM pg_prepared_statements \

@@ -2,13 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-
-use shared::catalog::{self, CatalogError, Change, NewCustomer, Origin};
-use shared::db::DbError;
-use shared::domain::Provider;
-
-use crate::batcher::{CommitFn, GroupCommit};
+use shared::catalog::{self, Change, Command, NewCustomer, Origin};
 use shared::db::customers::CustomerFilter;
 use shared::domain::{CustomerId, CustomerName, Email};
 use tracing_actix_web::RequestId;
@@ -16,6 +10,28 @@ use tracing_actix_web::RequestId;
 use super::{optional, page_limit, CustomerResponse, TaskResponse};
 use crate::error::ApiError;
 use crate::startup::AppState;
+
+/// Registers the customer routes (inside the authenticated scope).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/customers")
+            .get(list)
+            .post(create)
+            .default_service(web::to(super::wrong_method)),
+    )
+    .service(
+        web::resource("/task/create/customer")
+            .post(create)
+            .default_service(web::to(super::wrong_method)),
+    )
+    .service(
+        web::resource("/customers/{id}")
+            .get(get)
+            .patch(update)
+            .delete(delete)
+            .default_service(web::to(super::wrong_method)),
+    );
+}
 
 /// `POST /api/v1/customers` and the seed-compatible `POST /api/v1/task/create/customer`.
 #[derive(Debug, Deserialize)]
@@ -93,26 +109,20 @@ fn respond(change: Change) -> HttpResponse {
     })
 }
 
-/// Group commit for creates.
-pub type Creates = GroupCommit<(NewCustomer, Origin), Change, CatalogError>;
-
-/// Writes a batch of creates with [`catalog::create_batch`]; when the batch fails, one
-/// transaction per create, so that one bad item does not fail the others.
-pub fn commit_creates(
-    providers: Vec<Provider>,
-) -> Arc<CommitFn<(NewCustomer, Origin), Change, CatalogError>> {
-    Arc::new(
-        move |conn, items| match catalog::create_batch(conn, &items, &providers) {
-            Err(DbError::Unexpected(e)) if items.len() > 1 => {
-                tracing::warn!(error = %e, size = items.len(), "batch failed; committing one by one");
-                Ok(items
-                    .iter()
-                    .map(|(new, origin)| catalog::create(conn, new, &providers, origin))
-                    .collect())
-            }
-            answers => answers,
-        },
-    )
+/// Commits a change through the catalog committer, announces its tasks and answers it:
+/// 202 when something was written, 200 for a no-op.
+async fn commit(
+    state: &AppState,
+    command: Command,
+    request_id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let key = command.customer_id().to_string();
+    let change = state
+        .changes
+        .submit(&key, (command, origin(request_id)))
+        .await?;
+    state.publish(&change.tasks);
+    Ok(respond(change))
 }
 
 /// Creates a customer and one task per enabled provider.
@@ -134,13 +144,7 @@ pub async fn create(
             .map_err(|e| ApiError::field("email", e))?,
     };
     tracing::Span::current().record("customer_id", new.id.as_str());
-    let key = new.id.to_string();
-    let change = state
-        .creates
-        .submit(&key, (new, origin(request_id)))
-        .await?;
-    state.publish(&change.tasks);
-    Ok(respond(change))
+    commit(&state, Command::Create(new), request_id).await
 }
 
 /// Changes name and/or email.
@@ -154,22 +158,7 @@ pub async fn update(
     let id = parse_id(&path)?;
     let name = optional("name", body.name.as_deref(), CustomerName::parse)?;
     let email = optional("email", body.email.as_deref(), Email::parse)?;
-    let origin = origin(request_id);
-    let providers = state.providers.clone();
-    let change = state
-        .db(move |conn| {
-            Ok(catalog::update(
-                conn,
-                &id,
-                name.as_ref(),
-                email.as_ref(),
-                &providers,
-                &origin,
-            ))
-        })
-        .await??;
-    state.publish(&change.tasks);
-    Ok(respond(change))
+    commit(&state, Command::Update { id, name, email }, request_id).await
 }
 
 /// Makes the customer a tombstone and queues delete tasks.
@@ -180,13 +169,7 @@ pub async fn delete(
     request_id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let origin = origin(request_id);
-    let providers = state.providers.clone();
-    let change = state
-        .db(move |conn| Ok(catalog::delete(conn, &id, &providers, &origin)))
-        .await??;
-    state.publish(&change.tasks);
-    Ok(respond(change))
+    commit(&state, Command::Delete(id), request_id).await
 }
 
 /// One customer with its links.
@@ -218,7 +201,7 @@ pub async fn list(
         .db(move |conn| Ok(catalog::list(conn, &filter)))
         .await??;
     let next_after = (page.len() == limit)
-        .then(|| page.last().map(|v| v.customer.id.clone()))
+        .then(|| page.last().map(|v| v.customer.id.to_string()))
         .flatten();
     let customers = page.into_iter().map(CustomerResponse::from).collect();
     Ok(HttpResponse::Ok().json(ListResponse {

@@ -7,6 +7,11 @@ use diesel::RunQueryDsl;
 use serde_json::json;
 use shared::db::PgPool;
 
+/// Registers `GET /health` (no token).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health));
+}
+
 /// 200 when PostgreSQL answers, 503 otherwise.
 #[tracing::instrument(skip_all)]
 pub async fn health(pool: web::Data<PgPool>) -> HttpResponse {

@@ -9,6 +9,20 @@ use super::{optional, page_limit};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// Registers the invoice routes (inside the authenticated scope).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/invoices")
+            .get(list)
+            .default_service(web::to(super::wrong_method)),
+    )
+    .service(
+        web::resource("/invoices/{id}")
+            .get(get)
+            .default_service(web::to(super::wrong_method)),
+    );
+}
+
 /// `GET /api/v1/invoices` parameters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,7 +58,7 @@ impl From<InvoiceRow> for InvoiceResponse {
     fn from(r: InvoiceRow) -> Self {
         Self {
             id: r.id,
-            customer_id: r.customer_id,
+            customer_id: r.customer_id.map(|c| c.to_string()),
             stripe_customer_id: r.stripe_customer_id,
             number: r.number,
             status: r.status,
@@ -123,8 +137,7 @@ pub async fn list(
             "customer_id",
             query.customer_id.as_deref(),
             CustomerId::parse,
-        )?
-        .map(|c| c.to_string()),
+        )?,
         status: query.status,
         after: query.after.as_deref().map(invoice_id).transpose()?,
         limit: page_limit(query.limit)?,

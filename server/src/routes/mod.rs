@@ -7,12 +7,30 @@ pub mod tasks;
 pub mod webhook;
 
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::{web, HttpRequest};
+use actix_web::{middleware, web, HttpRequest};
 use serde::Serialize;
 use shared::catalog::CustomerView;
 use shared::db::tasks::TaskRow;
 
+use crate::auth::require_token;
 use crate::error::ApiError;
+
+/// The `/api/v1` routes: health and the webhook without a token, every other resource
+/// behind it. Each module registers its own routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .configure(health::configure)
+            .configure(webhook::configure)
+            .service(
+                web::scope("")
+                    .wrap(middleware::from_fn(require_token))
+                    .configure(customers::configure)
+                    .configure(tasks::configure)
+                    .configure(invoices::configure),
+            ),
+    );
+}
 
 /// The largest JSON body the API accepts.
 pub const JSON_LIMIT: usize = 64 * 1024;
@@ -113,13 +131,13 @@ impl From<CustomerView> for CustomerResponse {
                 } else {
                     "pending"
                 },
-                provider: l.provider,
+                provider: l.provider.to_string(),
                 external_id: l.external_id,
                 synced_version: l.synced_version,
             })
             .collect();
         Self {
-            id: customer.id,
+            id: customer.id.to_string(),
             name: customer.name,
             email: customer.email,
             version: customer.version,
@@ -153,11 +171,11 @@ impl From<TaskRow> for TaskResponse {
     fn from(t: TaskRow) -> Self {
         Self {
             id: t.id,
-            provider: t.provider,
-            customer_id: t.customer_id,
-            operation: t.operation,
+            provider: t.provider.to_string(),
+            customer_id: t.customer_id.to_string(),
+            operation: t.operation.to_string(),
             version: t.version,
-            status: t.status,
+            status: t.status.to_string(),
             attempts: t.attempts,
             next_attempt_at: t.next_attempt_at,
             last_error: t.last_error,

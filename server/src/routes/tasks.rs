@@ -10,6 +10,25 @@ use super::{optional, page_limit, TaskResponse};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// Registers the task routes (inside the authenticated scope).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/tasks")
+            .get(list)
+            .default_service(web::to(super::wrong_method)),
+    )
+    .service(
+        web::resource("/tasks/{id}")
+            .get(get)
+            .default_service(web::to(super::wrong_method)),
+    )
+    .service(
+        web::resource("/tasks/{id}/retry")
+            .post(retry)
+            .default_service(web::to(super::wrong_method)),
+    );
+}
+
 /// `GET /api/v1/tasks` parameters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

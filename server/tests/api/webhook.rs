@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 use serde_json::{json, Value};
-use server::signature::sign;
+use shared::stripe::signature::sign;
 
 use crate::helpers::{error_of, salesforce, spawn_app_with, TestApp};
 

@@ -4,13 +4,15 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use super::schema::invoices;
+use crate::domain::CustomerId;
+use crate::stripe::Invoice;
 
 /// A row of `invoices`.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = invoices)]
 pub struct InvoiceRow {
     pub id: String,
-    pub customer_id: Option<String>,
+    pub customer_id: Option<CustomerId>,
     pub stripe_customer_id: Option<String>,
     pub number: Option<String>,
     pub status: Option<String>,
@@ -40,7 +42,7 @@ pub fn find(conn: &mut PgConnection, id: &str) -> QueryResult<Option<InvoiceRow>
 /// Filters for a page of invoices.
 #[derive(Debug, Clone, Default)]
 pub struct InvoiceFilter {
-    pub customer_id: Option<String>,
+    pub customer_id: Option<CustomerId>,
     pub status: Option<String>,
     /// Invoice ids strictly greater than this one (keyset pagination).
     pub after: Option<String>,
@@ -64,4 +66,71 @@ pub fn list(conn: &mut PgConnection, filter: &InvoiceFilter) -> QueryResult<Vec<
         query = query.filter(invoices::id.gt(after.clone()));
     }
     query.load(conn)
+}
+
+/// Gives the i-th Stripe customer's invoices that name no local customer yet to the i-th
+/// local customer (invoices can arrive before their customer), in one statement.
+pub fn link_many(
+    conn: &mut PgConnection,
+    stripe_ids: &[&str],
+    customers: &[&CustomerId],
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Text};
+    diesel::sql_query(
+        "UPDATE invoices SET customer_id = t.c FROM unnest($1::text[], $2::text[]) AS t(s, c) \
+         WHERE invoices.stripe_customer_id = t.s AND invoices.customer_id IS NULL",
+    )
+    .bind::<Array<Text>, _>(stripe_ids)
+    .bind::<Array<Text>, _>(customers.iter().map(|c| c.as_str()).collect::<Vec<_>>())
+    .execute(conn)
+    .map(|_| ())
+}
+
+/// The stored invoice's status and the time of the event that wrote it, row-locked.
+pub fn stored_for_update(
+    conn: &mut PgConnection,
+    id: &str,
+) -> QueryResult<Option<(Option<String>, i64)>> {
+    invoices::table
+        .find(id)
+        .select((invoices::status, invoices::last_event_created))
+        .for_update()
+        .first(conn)
+        .optional()
+}
+
+/// Writes the invoice as an event of `event_created` carries it, with `status` (Stripe's,
+/// or `deleted`) and the local customer when known.
+pub fn upsert(
+    conn: &mut PgConnection,
+    invoice: &Invoice,
+    status: Option<&str>,
+    customer: Option<&CustomerId>,
+    event_created: i64,
+) -> QueryResult<()> {
+    let values = (
+        invoices::id.eq(&invoice.id),
+        invoices::customer_id.eq(customer),
+        invoices::stripe_customer_id.eq(invoice.customer_id()),
+        invoices::number.eq(&invoice.number),
+        invoices::status.eq(status),
+        invoices::currency.eq(invoice.currency.clone().unwrap_or_default()),
+        invoices::amount_due.eq(invoice.amount_due),
+        invoices::amount_paid.eq(invoice.amount_paid),
+        invoices::amount_remaining.eq(invoice.amount_remaining),
+        invoices::total.eq(invoice.total),
+        invoices::hosted_invoice_url.eq(&invoice.hosted_invoice_url),
+        invoices::due_date.eq(invoice.due_date),
+        invoices::period_start.eq(invoice.period_start),
+        invoices::period_end.eq(invoice.period_end),
+        invoices::created.eq(invoice.created),
+        invoices::last_event_created.eq(event_created),
+    );
+    diesel::insert_into(invoices::table)
+        .values(values.clone())
+        .on_conflict(invoices::id)
+        .do_update()
+        .set((values, invoices::updated_at.eq(diesel::dsl::now)))
+        .execute(conn)
+        .map(|_| ())
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool, database creation, embedded migrations, and the rows and queries per table.
 
 pub mod customers;
+pub mod events;
 pub mod invoices;
 pub mod links;
 pub mod schema;

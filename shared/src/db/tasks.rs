@@ -1,10 +1,13 @@
-//! The `sync_tasks` table: rows and read queries (the queue's writes are in `crate::queue`).
+//! The `sync_tasks` table: rows, reads and every write (the queue's rules that combine
+//! them with the links are in `crate::queue`).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Uuid};
 
 use super::schema::sync_tasks;
-use crate::domain::{CustomerId, Provider, TaskId, TaskStatus};
+use super::statement::statement;
+use crate::domain::{CustomerId, Operation, Provider, TaskId, TaskStatus};
 
 /// A row of `sync_tasks`.
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
@@ -12,11 +15,11 @@ use crate::domain::{CustomerId, Provider, TaskId, TaskStatus};
 pub struct TaskRow {
     pub id: uuid::Uuid,
     pub seq: i64,
-    pub provider: String,
-    pub customer_id: String,
-    pub operation: String,
+    pub provider: Provider,
+    pub customer_id: CustomerId,
+    pub operation: Operation,
     pub version: i64,
-    pub status: String,
+    pub status: TaskStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub lease_owner: Option<String>,
@@ -29,6 +32,196 @@ pub struct TaskRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A task to add with [`insert_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewTask<'a> {
+    pub provider: Provider,
+    pub customer_id: &'a CustomerId,
+    pub operation: Operation,
+    pub version: i64,
+    pub request_id: Option<&'a str>,
+}
+
+/// A task's base idempotency key: stable per task, so every retry of the same call is
+/// recognised by Stripe.
+pub fn key_for(id: TaskId) -> String {
+    format!("customer-sync-{id}")
+}
+
+/// Adds pending tasks in one statement, in the order given (so their `seq` follows it);
+/// call it inside the transaction that made the changes.
+pub fn insert_many(conn: &mut PgConnection, tasks: &[NewTask<'_>]) -> QueryResult<Vec<TaskRow>> {
+    let ids: Vec<TaskId> = tasks.iter().map(|_| TaskId::generate()).collect();
+    statement(
+        "INSERT INTO sync_tasks \
+         (id, provider, customer_id, operation, version, idempotency_key, request_id) \
+         SELECT i, p, c, o, v, k, r FROM unnest($1::uuid[], $2::text[], $3::text[], \
+           $4::text[], $5::bigint[], $6::text[], $7::text[]) WITH ORDINALITY AS t(i, p, c, o, v, k, r, n) \
+         ORDER BY n RETURNING *",
+    )
+    .bind::<Array<Uuid>, _>(ids.iter().map(|id| id.as_uuid()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(tasks.iter().map(|t| t.provider.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(tasks.iter().map(|t| t.customer_id.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(tasks.iter().map(|t| t.operation.as_str()).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(tasks.iter().map(|t| t.version).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(ids.iter().map(|&id| key_for(id)).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(tasks.iter().map(|t| t.request_id).collect::<Vec<_>>())
+    .load(conn)
+}
+
+/// Claims up to `limit` due tasks of `provider` for `owner` under a lease.
+///
+/// Only the oldest unfinished task of each customer and provider can be claimed, so one
+/// customer never has two calls in flight at a provider and changes reach it in order.
+/// A task whose lease expired (its consumer died) is claimable again.
+pub fn claim(
+    conn: &mut PgConnection,
+    provider: Provider,
+    limit: i64,
+    owner: &str,
+    lease: std::time::Duration,
+) -> QueryResult<Vec<TaskRow>> {
+    diesel::sql_query(
+        "UPDATE sync_tasks t
+            SET status = 'in_flight', lease_owner = $3,
+                lease_expires_at = now() + make_interval(secs => $4),
+                attempts = t.attempts + 1, updated_at = now()
+          WHERE t.id IN (
+                SELECT h.id FROM sync_tasks h
+                 WHERE h.provider = $1
+                   AND h.status IN ('pending', 'in_flight')
+                   AND ((h.status = 'pending' AND h.next_attempt_at <= now())
+                     OR (h.status = 'in_flight' AND h.lease_expires_at < now()))
+                   -- Only the oldest unfinished task of its customer: one index probe
+                   -- per candidate, and the scan in seq order stops at the limit.
+                   AND h.seq = (
+                       SELECT min(o.seq) FROM sync_tasks o
+                        WHERE o.provider = h.provider AND o.customer_id = h.customer_id
+                          AND o.status IN ('pending', 'in_flight'))
+                 ORDER BY h.seq
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+            AND t.status IN ('pending', 'in_flight')
+      RETURNING t.*",
+    )
+    .bind::<Text, _>(provider)
+    .bind::<BigInt, _>(limit)
+    .bind::<Text, _>(owner)
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .load::<TaskRow>(conn)
+    .map(|mut rows| {
+        rows.sort_by_key(|t| t.seq);
+        rows
+    })
+}
+
+/// Marks the task succeeded (keeping the lease owner: it tells which consumer did it).
+pub fn mark_succeeded(conn: &mut PgConnection, task: &TaskRow) -> QueryResult<()> {
+    diesel::update(sync_tasks::table.find(task.id))
+        .set((
+            sync_tasks::status.eq(TaskStatus::Succeeded),
+            sync_tasks::lease_expires_at.eq(None::<DateTime<Utc>>),
+            sync_tasks::last_error.eq(None::<String>),
+            sync_tasks::completed_at.eq(diesel::dsl::now),
+            sync_tasks::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Puts the task back to `pending` until `delay` has passed, with its error.
+pub fn mark_pending(
+    conn: &mut PgConnection,
+    task: &TaskRow,
+    error: &str,
+    delay: std::time::Duration,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE sync_tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                last_error = $2, next_attempt_at = now() + make_interval(secs => $3),
+                updated_at = now()
+          WHERE id = $1",
+    )
+    .bind::<Uuid, _>(task.id)
+    .bind::<Text, _>(truncate(error))
+    .bind::<diesel::sql_types::Double, _>(delay.as_secs_f64())
+    .execute(conn)
+    .map(|_| ())
+}
+
+/// Marks the task `dead` with the provider's message; it waits for a manual retry.
+pub fn mark_dead(conn: &mut PgConnection, task: &TaskRow, error: &str) -> QueryResult<()> {
+    diesel::update(sync_tasks::table.find(task.id))
+        .set((
+            sync_tasks::status.eq(TaskStatus::Dead),
+            sync_tasks::lease_owner.eq(None::<String>),
+            sync_tasks::lease_expires_at.eq(None::<DateTime<Utc>>),
+            sync_tasks::last_error.eq(truncate(error)),
+            sync_tasks::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Gives the task a new idempotency-key generation and the emails its reconcile must
+/// search; returns the new generation.
+pub fn next_key_generation(
+    conn: &mut PgConnection,
+    task: &TaskRow,
+    reconcile_emails: Vec<String>,
+) -> QueryResult<i32> {
+    diesel::update(sync_tasks::table.find(task.id))
+        .set((
+            sync_tasks::key_generation.eq(sync_tasks::key_generation + 1),
+            sync_tasks::reconcile_emails.eq(reconcile_emails),
+        ))
+        .returning(sync_tasks::key_generation)
+        .get_result(conn)
+}
+
+/// Hands an unfinished task back (graceful shutdown) without counting the attempt.
+pub fn release(conn: &mut PgConnection, task: &TaskRow, owner: &str) -> QueryResult<()> {
+    diesel::update(
+        sync_tasks::table
+            .find(task.id)
+            .filter(sync_tasks::status.eq(TaskStatus::InFlight))
+            .filter(sync_tasks::lease_owner.eq(owner)),
+    )
+    .set((
+        sync_tasks::status.eq(TaskStatus::Pending),
+        sync_tasks::attempts.eq(sync_tasks::attempts - 1),
+        sync_tasks::lease_owner.eq(None::<String>),
+        sync_tasks::lease_expires_at.eq(None::<DateTime<Utc>>),
+        sync_tasks::next_attempt_at.eq(diesel::dsl::now),
+        sync_tasks::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .map(|_| ())
+}
+
+/// Puts a `dead` task back to `pending` with a fresh attempt budget; `None` when the task
+/// is not dead (or does not exist).
+pub fn revive(conn: &mut PgConnection, id: TaskId) -> QueryResult<Option<TaskRow>> {
+    diesel::update(
+        sync_tasks::table
+            .find(id.as_uuid())
+            .filter(sync_tasks::status.eq(TaskStatus::Dead)),
+    )
+    .set((
+        sync_tasks::status.eq(TaskStatus::Pending),
+        sync_tasks::attempts.eq(0),
+        sync_tasks::next_attempt_at.eq(diesel::dsl::now),
+        sync_tasks::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(TaskRow::as_returning())
+    .get_result(conn)
+    .optional()
+}
+
+fn truncate(error: &str) -> String {
+    error.chars().take(2000).collect()
 }
 
 /// The task, or `None`.
@@ -59,13 +252,13 @@ pub fn list(conn: &mut PgConnection, filter: &TaskFilter) -> QueryResult<Vec<Tas
         .limit(filter.limit)
         .into_boxed();
     if let Some(status) = filter.status {
-        query = query.filter(sync_tasks::status.eq(status.as_str()));
+        query = query.filter(sync_tasks::status.eq(status));
     }
     if let Some(provider) = filter.provider {
-        query = query.filter(sync_tasks::provider.eq(provider.as_str()));
+        query = query.filter(sync_tasks::provider.eq(provider));
     }
     if let Some(customer) = &filter.customer_id {
-        query = query.filter(sync_tasks::customer_id.eq(customer.as_str().to_owned()));
+        query = query.filter(sync_tasks::customer_id.eq(customer.clone()));
     }
     if let Some(after) = filter.after {
         let after_seq: Option<i64> = sync_tasks::table
@@ -80,11 +273,40 @@ pub fn list(conn: &mut PgConnection, filter: &TaskFilter) -> QueryResult<Vec<Tas
 }
 
 /// The dead tasks' (customer, provider) pairs among these customers, to report link state.
-pub fn dead_pairs(conn: &mut PgConnection, ids: &[String]) -> QueryResult<Vec<(String, String)>> {
+pub fn dead_pairs(
+    conn: &mut PgConnection,
+    ids: &[&CustomerId],
+) -> QueryResult<Vec<(CustomerId, Provider)>> {
     sync_tasks::table
         .filter(sync_tasks::customer_id.eq_any(ids))
-        .filter(sync_tasks::status.eq(TaskStatus::Dead.as_str()))
+        .filter(sync_tasks::status.eq(TaskStatus::Dead))
         .select((sync_tasks::customer_id, sync_tasks::provider))
         .distinct()
         .load(conn)
+}
+
+/// How long until the next task of `provider` can be claimed: zero when one is due now,
+/// `None` when none is pending or in flight. Only the oldest unfinished task of each
+/// customer counts, as only it can be claimed.
+pub fn next_due(
+    conn: &mut PgConnection,
+    provider: Provider,
+) -> QueryResult<Option<std::time::Duration>> {
+    #[derive(QueryableByName)]
+    struct Due {
+        #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+        seconds: Option<f64>,
+    }
+    let due: Due = diesel::sql_query(
+        "SELECT GREATEST(0, EXTRACT(EPOCH FROM min(CASE WHEN h.status = 'pending' \
+                THEN h.next_attempt_at ELSE h.lease_expires_at END) - now()))::float8 AS seconds \
+           FROM sync_tasks h \
+          WHERE h.provider = $1 AND h.status IN ('pending', 'in_flight') \
+            AND h.seq = (SELECT min(o.seq) FROM sync_tasks o \
+                          WHERE o.provider = h.provider AND o.customer_id = h.customer_id \
+                            AND o.status IN ('pending', 'in_flight'))",
+    )
+    .bind::<Text, _>(provider)
+    .get_result(conn)?;
+    Ok(due.seconds.map(std::time::Duration::from_secs_f64))
 }

@@ -3,6 +3,8 @@ use super::ParseError;
 /// A local customer id: 1–64 characters of `[A-Za-z0-9_.-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
+#[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub struct CustomerId(String);
 
 impl CustomerId {

@@ -4,6 +4,7 @@ mod customer_id;
 mod customer_name;
 mod email;
 mod provider;
+mod sql;
 mod task;
 
 pub use customer_id::CustomerId;

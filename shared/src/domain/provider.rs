@@ -3,6 +3,8 @@ use super::ParseError;
 /// A provider customer-sync keeps in sync; its name is also its ZeroMQ topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum Provider {
     /// Stripe customers.
     Stripe,

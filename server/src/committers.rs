@@ -1,6 +1,8 @@
-//! Group commit: requests that arrive while a transaction commits are written together
-//! in the next one, so a burst costs a few statements and one commit per batch instead
-//! of per request. Each caller still gets its answer only after the commit.
+//! The committers (group commit): requests that arrive while a transaction commits are
+//! written together in the next one, so a burst costs a few statements and one commit per
+//! batch instead of per request. Each caller still gets its answer only after the commit.
+//! Catalog changes (create, update, delete) go through [`Changes`], webhook events
+//! through [`Events`].
 //!
 //! Items are routed to a committer by a key (a customer), so the changes to one customer
 //! stay in one committer, in arrival order, and two committers never wait on each
@@ -10,8 +12,76 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+use shared::catalog::{self, CatalogError, Change, Command, Origin};
 use shared::db::{DbError, PgConn, PgPool};
+use shared::domain::Provider;
+use shared::inbound::{self, Applied};
+use shared::stripe::Event;
 use tokio::sync::{mpsc, oneshot};
+
+/// Committers for catalog changes: one. A batch of creates is one statement, so a single
+/// committer keeps up and its batches are larger; two and three were slower
+/// (`bench/NOTES.md`).
+const CHANGE_COMMITTERS: usize = 1;
+/// Committers for webhook events: two; three was no faster, and four or more made
+/// batches smaller and ingest slower (`bench/NOTES.md`).
+const EVENT_COMMITTERS: usize = 2;
+
+/// Group commit for catalog changes, by customer.
+pub type Changes = GroupCommit<(Command, Origin), Change, CatalogError>;
+
+/// Starts the catalog committers on their own connections.
+pub fn changes(url: &secrecy::SecretString, providers: Vec<Provider>) -> Changes {
+    let commit: Arc<CommitFn<(Command, Origin), Change, CatalogError>> = Arc::new(
+        move |conn, items| match catalog::commit(conn, &items, &providers) {
+            Err(DbError::Unexpected(e)) if items.len() > 1 => {
+                // One bad command must not fail the others: commit them one at a time.
+                tracing::warn!(error = %e, size = items.len(), "batch failed; committing one by one");
+                Ok(items
+                    .into_iter()
+                    .map(|(command, origin)| catalog::commit_one(conn, command, origin, &providers))
+                    .collect())
+            }
+            answers => answers,
+        },
+    );
+    let pool = shared::db::bulk_pool(url, CHANGE_COMMITTERS as u32);
+    GroupCommit::start(pool, CHANGE_COMMITTERS, commit)
+}
+
+/// A verified event with its raw JSON, as it is stored.
+pub type Delivery = (Event, Value);
+
+/// Group commit for webhook events, by Stripe customer; each answer comes with its event
+/// (a same-second tie needs it).
+pub type Events = GroupCommit<Delivery, (Applied, Event), DbError>;
+
+/// Starts the webhook committers on their own connections.
+pub fn events(url: &secrecy::SecretString, providers: Vec<Provider>) -> Events {
+    let commit: Arc<CommitFn<Delivery, (Applied, Event), DbError>> = Arc::new(
+        move |conn, events| match inbound::apply_batch(conn, &events, &providers) {
+            Ok(applied) => Ok(applied
+                .into_iter()
+                .zip(events)
+                .map(|(applied, (event, _))| Ok((applied, event)))
+                .collect()),
+            Err(e) if events.len() > 1 && !matches!(e, DbError::Unavailable(_)) => {
+                // One failing event must not fail the others: apply them one at a time.
+                tracing::warn!(error = %e, size = events.len(), "batch failed; applying one by one");
+                Ok(events
+                    .into_iter()
+                    .map(|(event, raw)| {
+                        inbound::apply(conn, &event, &raw, &providers).map(|a| (a, event))
+                    })
+                    .collect())
+            }
+            Err(e) => Err(e),
+        },
+    );
+    let pool = shared::db::bulk_pool(url, EVENT_COMMITTERS as u32);
+    GroupCommit::start(pool, EVENT_COMMITTERS, commit)
+}
 
 /// The most items written in one transaction.
 const MAX_BATCH: usize = 256;

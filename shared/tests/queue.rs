@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use diesel::prelude::*;
-use shared::catalog::{self, NewCustomer, Origin};
+use shared::catalog::{self, Command, NewCustomer, Origin};
 use shared::domain::{CustomerId, CustomerName, Email, Provider};
 use shared::queue;
 use shared::testing::TestDatabase;
@@ -17,20 +17,18 @@ fn customer(conn: &mut PgConnection, id: &str) {
         name: CustomerName::parse("Name").unwrap(),
         email: Email::parse("n@example.com").unwrap(),
     };
-    catalog::create(conn, &new, &[Provider::Stripe], &Origin::default()).unwrap();
+    let create = Command::Create(new);
+    catalog::commit_one(conn, create, Origin::default(), &[Provider::Stripe]).unwrap();
 }
 
 fn rename(conn: &mut PgConnection, id: &str, name: &str) {
     let name = CustomerName::parse(name).unwrap();
-    catalog::update(
-        conn,
-        &CustomerId::parse(id).unwrap(),
-        Some(&name),
-        None,
-        &[Provider::Stripe],
-        &Origin::default(),
-    )
-    .unwrap();
+    let update = Command::Update {
+        id: CustomerId::parse(id).unwrap(),
+        name: Some(name),
+        email: None,
+    };
+    catalog::commit_one(conn, update, Origin::default(), &[Provider::Stripe]).unwrap();
 }
 
 #[test]
@@ -50,7 +48,7 @@ fn only_the_oldest_unfinished_task_of_a_customer_is_claimable() {
     assert_eq!(got, [("a", "create"), ("b", "create")]);
     assert!(claimed
         .iter()
-        .all(|t| t.status == "in_flight" && t.attempts == 1));
+        .all(|t| t.status.as_str() == "in_flight" && t.attempts == 1));
 
     // Nothing more while those are in flight.
     assert!(queue::claim(&mut conn, Provider::Stripe, 10, "me", LEASE)

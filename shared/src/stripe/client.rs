@@ -1,49 +1,15 @@
-//! The Stripe provider over reqwest: form-encoded calls with a pinned version, a stable
-//! idempotency key per task, and errors sorted by what the caller should do next.
+//! One typed client for Stripe's API: form-encoded calls with the pinned version and a
+//! stable idempotency key per call, and errors sorted by what the caller should do next.
 
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use shared::config::StripeSettings;
 
-/// The API version every request pins, so Stripe's answers keep the shape we parse.
-pub const STRIPE_VERSION: &str = "2026-10-28.endive";
+use super::{Customer, ErrorBody, List, API_VERSION};
+use crate::config::StripeSettings;
 
-/// A Stripe customer, as much of it as we read.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StripeCustomer {
-    pub id: String,
-    #[serde(default)]
-    pub email: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub metadata: std::collections::HashMap<String, String>,
-    #[serde(default)]
-    pub deleted: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct List {
-    data: Vec<StripeCustomer>,
-    has_more: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorDetail {
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-}
+/// The form field that carries [`super::METADATA_KEY`].
+const METADATA_FIELD: &str = "metadata[customer_sync_id]";
 
 /// What went wrong with a call, and so what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -141,12 +107,8 @@ impl StripeClient {
         name: &str,
         email: &str,
         idempotency_key: &str,
-    ) -> Result<StripeCustomer, StripeError> {
-        let form = [
-            ("name", name),
-            ("email", email),
-            ("metadata[customer_sync_id]", local_id),
-        ];
+    ) -> Result<Customer, StripeError> {
+        let form = [("name", name), ("email", email), (METADATA_FIELD, local_id)];
         self.send(
             self.http
                 .post(format!("{}/v1/customers", self.base))
@@ -163,7 +125,7 @@ impl StripeClient {
         name: &str,
         email: &str,
         idempotency_key: &str,
-    ) -> Result<StripeCustomer, StripeError> {
+    ) -> Result<Customer, StripeError> {
         let form = [("name", name), ("email", email)];
         self.send(
             self.http
@@ -194,12 +156,35 @@ impl StripeClient {
         }
     }
 
+    /// `GET /v1/customers/{id}`: the customer as Stripe holds it now (a deleted one as its
+    /// stub, `deleted: true`), and its raw JSON.
+    pub async fn retrieve_customer(
+        &self,
+        stripe_id: &str,
+    ) -> Result<(Customer, serde_json::Value), StripeError> {
+        let raw: serde_json::Value = self
+            .send(self.http.get(format!(
+                "{}/v1/customers/{}",
+                self.base,
+                path_segment(stripe_id)
+            )))
+            .await?;
+        let customer = serde_json::from_value(raw.clone()).map_err(|e| StripeError::Api {
+            status: 200,
+            code: None,
+            message: format!("unreadable customer: {e}"),
+            should_retry: Some(true),
+            retry_after: None,
+        })?;
+        Ok((customer, raw))
+    }
+
     /// The live Stripe customer created for `local_id`, found by email and metadata.
     pub async fn find_customer(
         &self,
         local_id: &str,
         email: &str,
-    ) -> Result<Option<StripeCustomer>, StripeError> {
+    ) -> Result<Option<Customer>, StripeError> {
         let mut starting_after: Option<String> = None;
         // Stripe's email filter is exact; a handful of pages covers any real duplicate set.
         for _ in 0..10 {
@@ -207,17 +192,18 @@ impl StripeClient {
             if let Some(after) = &starting_after {
                 query.push(("starting_after", after.clone()));
             }
-            let page: List = self
+            let page: List<Customer> = self
                 .send(
                     self.http
                         .get(format!("{}/v1/customers", self.base))
                         .query(&query),
                 )
                 .await?;
-            if let Some(found) = page.data.iter().find(|c| {
-                !c.deleted
-                    && c.metadata.get("customer_sync_id").map(String::as_str) == Some(local_id)
-            }) {
+            if let Some(found) = page
+                .data
+                .iter()
+                .find(|c| !c.deleted && c.local_id() == Some(local_id))
+            {
                 return Ok(Some(found.clone()));
             }
             match (page.has_more, page.data.last()) {
@@ -234,7 +220,7 @@ impl StripeClient {
     ) -> Result<T, StripeError> {
         let response = request
             .bearer_auth(self.key.expose_secret())
-            .header("Stripe-Version", STRIPE_VERSION)
+            .header("Stripe-Version", API_VERSION)
             .send()
             .await
             .map_err(|e| StripeError::Transport(without_url(e)))?;
@@ -294,7 +280,7 @@ impl StripeClient {
 }
 
 /// A Stripe id is `[A-Za-z0-9_]`; anything else is percent-encoded to keep the path intact.
-fn path_segment(id: &str) -> String {
+pub fn path_segment(id: &str) -> String {
     id.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
@@ -348,5 +334,13 @@ mod tests {
         assert_eq!(api(403, None).next(), Next::GiveUp);
         assert_eq!(api(429, Some(false)).next(), Next::GiveUp);
         assert_eq!(path_segment("cus_1/../x"), "cus_1%2F%2E%2E%2Fx");
+    }
+
+    #[test]
+    fn the_create_form_carries_the_metadata_key() {
+        assert_eq!(
+            METADATA_FIELD,
+            format!("metadata[{}]", super::super::METADATA_KEY)
+        );
     }
 }

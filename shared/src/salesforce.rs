@@ -1,13 +1,13 @@
-//! The Salesforce provider: OAuth 2.0 client credentials (one cached token shared by all
+//! Salesforce's REST client: OAuth 2.0 client credentials (one cached token shared by all
 //! tasks, refreshed once on `INVALID_SESSION_ID`), Contacts upserted and deleted by an
 //! external-id field holding the local customer id.
 
 use std::time::Duration;
 
+use crate::config::SalesforceSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
-use shared::config::SalesforceSettings;
 use tokio::sync::{Mutex, RwLock};
 
 /// How long to wait after `REQUEST_LIMIT_EXCEEDED`: the daily window rolls slowly.

@@ -105,7 +105,7 @@ pub fn verify(
     Ok(())
 }
 
-/// Signs a payload as Stripe does (tests, the sandbox, the benchmark).
+/// Signs a payload as Stripe does: the sandbox's deliveries, the tests and the benchmark.
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(timestamp.to_string().as_bytes());
@@ -127,6 +127,16 @@ mod tests {
         list.iter()
             .map(|s| SecretString::from(s.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_over_t_dot_body_keyed_with_the_whole_secret() {
+        // printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac whsec_test
+        let header = sign("whsec_test", 1_700_000_000, br#"{"a":1}"#);
+        assert_eq!(
+            header,
+            "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
+        );
     }
 
     #[test]

@@ -1,0 +1,96 @@
+//! Inward sync: verified Stripe events applied to the catalog and the invoice catalogue,
+//! together with their event rows, in one transaction.
+//!
+//! Rules (README "The Stripe webhook"): an event is applied once (by id); an older event
+//! never rolls state back; a same-second tie is settled by whether the event follows from
+//! the state we last applied (its `previous_attributes`); an echo of a value we pushed
+//! never overwrites a newer local change; remote changes go to the other providers, never
+//! back to Stripe. The rules are decided in [`rules`] on values alone; [`apply`] reads
+//! and writes the rows.
+
+mod apply;
+pub mod rules;
+
+pub use apply::{apply, apply_batch, apply_current_customer};
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The event id was seen before: nothing new.
+    Duplicate,
+    /// Stored, but the type is not one we act on.
+    Unhandled,
+    /// Stored and acted on (which may be "nothing to change": stale, echo).
+    Handled(Effect),
+}
+
+/// What a handled event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Older than the last event applied (or, for an invoice, than the stored row).
+    Stale,
+    /// The same second as the last event applied and not following from it: neither
+    /// order can be trusted, so the caller reads the customer from Stripe and applies it
+    /// with [`apply_current_customer`].
+    Tie,
+    /// The customer is a tombstone here; the remote state was recorded.
+    DeletedLocally,
+    /// Stripe holds our current state (an echo).
+    InSync,
+    /// A newer local change is on its way to Stripe.
+    OlderThanLocal,
+    /// The remote fields became ours.
+    Applied,
+    /// A customer created in Stripe became a local customer.
+    Imported,
+    /// A customer created in Stripe whose id is already a local customer's.
+    IdTaken,
+    /// A customer created in Stripe whose id cannot be a local id.
+    UnusableId,
+    /// A Stripe customer naming a local id we do not have.
+    UnknownLocalId,
+    /// A deleted Stripe customer we never linked.
+    UnknownCustomer,
+    /// A deletion of a customer already deleted here.
+    AlreadyDeleted,
+    /// The customer was deleted here.
+    Deleted,
+    /// The invoice row was written.
+    InvoiceStored,
+}
+
+impl Effect {
+    /// The outcome as the webhook's answer and log name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Stale => "stale",
+            Effect::Tie => "same-second tie",
+            Effect::DeletedLocally => "deleted locally",
+            Effect::InSync => "in sync",
+            Effect::OlderThanLocal => "older than a local change",
+            Effect::Applied => "applied",
+            Effect::Imported => "imported",
+            Effect::IdTaken => "id taken",
+            Effect::UnusableId => "unusable id",
+            Effect::UnknownLocalId => "unknown local id",
+            Effect::UnknownCustomer => "unknown customer",
+            Effect::AlreadyDeleted => "already deleted",
+            Effect::Deleted => "deleted",
+            Effect::InvoiceStored => "invoice stored",
+        }
+    }
+}
+
+impl From<rules::Verdict> for Effect {
+    fn from(verdict: rules::Verdict) -> Self {
+        use rules::Verdict;
+        match verdict {
+            Verdict::Stale => Effect::Stale,
+            Verdict::Tie => Effect::Tie,
+            Verdict::DeletedLocally => Effect::DeletedLocally,
+            Verdict::InSync => Effect::InSync,
+            Verdict::OlderThanLocal => Effect::OlderThanLocal,
+            Verdict::Apply => Effect::Applied,
+        }
+    }
+}
