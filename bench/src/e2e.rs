@@ -69,19 +69,14 @@ type Fields = (Option<String>, Option<String>);
 
 /// Live sandbox customers per local id.
 fn remote_by_local(sandbox: &Sandbox) -> BTreeMap<String, Vec<Fields>> {
-    let mut by_local: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for c in sandbox.customers() {
-        if c.deleted {
-            continue;
-        }
-        if let Some(local) = c.metadata.get("customer_sync_id") {
-            by_local
-                .entry(local.clone())
-                .or_default()
-                .push((c.name.clone(), c.email.clone()));
-        }
-    }
-    by_local
+    sandbox
+        .live_by_local_id()
+        .into_iter()
+        .map(|(local, customers)| {
+            let fields = customers.into_iter().map(|c| (c.name, c.email)).collect();
+            (local, fields)
+        })
+        .collect()
 }
 
 pub async fn run(customers: usize, consumers: usize) -> anyhow::Result<()> {

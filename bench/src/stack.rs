@@ -1,14 +1,14 @@
-//! Starts the real release binaries against a fresh database and stops them afterwards.
+//! Starts the real release binaries against a fresh database and stops them afterwards,
+//! on the shared test stack (`shared::testing`).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use diesel::prelude::*;
-use shared::testing::TestDatabase;
+use shared::testing::processes::{self, Processes};
+use shared::testing::{ApiClient, TestDatabase};
 
 /// A running server (and later consumers and sandbox) on a throw-away database.
 pub struct Stack {
@@ -17,7 +17,7 @@ pub struct Stack {
     pub token: String,
     pub webhook_secret: String,
     pub zmq_endpoint: String,
-    processes: Vec<(&'static str, Child)>,
+    processes: Processes,
 }
 
 /// A loopback port nobody uses right now.
@@ -86,39 +86,38 @@ impl Stack {
         let db = tokio::task::spawn_blocking(TestDatabase::create).await?;
         let port = options.port;
         let zmq_endpoint = format!("tcp://127.0.0.1:{}", free_port());
-        let token = "bench-token-0123456789abcdef".to_owned();
-        let webhook_secret = options.webhook_secret.clone();
-        let mut server = Command::new(bin("server")?);
+        let api = ApiClient::new(format!("http://127.0.0.1:{port}"));
+        let mut server = processes::binary(bin("server")?);
         server
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", &db.url)
             .env("HTTP_BIND", format!("127.0.0.1:{port}"))
             .env("ZMQ_PUB_ENDPOINT", &zmq_endpoint)
-            .env("API_TOKEN", &token)
-            .env("STRIPE_WEBHOOK_SECRET", &webhook_secret)
-            .env("RUST_LOG", "error")
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null());
+            .env("API_TOKEN", &api.token)
+            .env("STRIPE_WEBHOOK_SECRET", &options.webhook_secret)
+            .env("RUST_LOG", "error");
         if let Some(limit) = &options.http_max_connections {
             server.env("HTTP_MAX_CONNECTIONS", limit);
         }
         if let Some(base) = &options.stripe_base {
             server
-                .env("STRIPE_API_KEY", "sk_test_bench")
+                .env("STRIPE_API_KEY", shared::testing::settings::STRIPE_KEY)
                 .env("STRIPE_API_BASE", base);
         }
-        let child = server.spawn().context("starting the server")?;
-        let stack = Self {
+        let mut running = Processes::default();
+        running
+            .spawn("server", &mut server)
+            .context("starting the server")?;
+        if !api.wait_healthy(Duration::from_secs(30)).await {
+            bail!("the server did not become healthy within 30 s");
+        }
+        Ok(Self {
             db,
-            base_url: format!("http://127.0.0.1:{port}"),
-            token,
-            webhook_secret,
+            base_url: api.base_url,
+            token: api.token,
+            webhook_secret: options.webhook_secret,
             zmq_endpoint,
-            processes: vec![("server", child)],
-        };
-        stack.wait_healthy().await?;
-        Ok(stack)
+            processes: running,
+        })
     }
 
     /// Starts a `consumer --topic stripe` process; returns its index for [`Stack::kill`].
@@ -127,96 +126,40 @@ impl Stack {
         stripe_base: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<usize> {
-        let mut consumer = Command::new(bin("consumer")?);
-        consumer
-            .args(["--topic", "stripe"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &self.db.url)
-            .env("ZMQ_PUB_ENDPOINT", &self.zmq_endpoint)
-            .env("STRIPE_API_KEY", "sk_test_bench")
-            .env("STRIPE_API_BASE", stripe_base)
-            .env("RUST_LOG", "error")
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null());
-        for (k, v) in env {
-            consumer.env(k, v);
-        }
+        let mut consumer = processes::consumer(
+            bin("consumer")?,
+            &self.db.url,
+            &self.zmq_endpoint,
+            stripe_base,
+        );
+        consumer.env("RUST_LOG", "error").envs(env.iter().copied());
         self.processes
-            .push(("consumer", consumer.spawn().context("starting a consumer")?));
-        Ok(self.processes.len() - 1)
+            .spawn("consumer", &mut consumer)
+            .context("starting a consumer")
     }
 
     /// SIGKILLs process `index` (no chance to release anything).
     pub fn kill(&mut self, index: usize) {
-        let (_, child) = &mut self.processes[index];
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    async fn wait_healthy(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = reqwest::Client::new();
-        while Instant::now() < deadline {
-            if let Ok(r) = client
-                .get(format!("{}/api/v1/health", self.base_url))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the server did not become healthy within 30 s")
+        self.processes.kill(index);
     }
 
     /// Rows in a table of the bench database.
     pub fn count(&self, table: &str) -> anyhow::Result<i64> {
-        self.count_where(table, "true")
+        Ok(self.db.count(table))
     }
 
     /// Rows of `table` matching `condition` (SQL).
     pub fn count_where(&self, table: &str, condition: &str) -> anyhow::Result<i64> {
-        #[derive(QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        Ok(diesel::sql_query(format!(
-            "SELECT count(*) AS n FROM {table} WHERE {condition}"
-        ))
-        .get_result::<Count>(&mut self.db.connect())?
-        .n)
+        Ok(self.db.count_where(table, condition))
     }
 
     /// Peak resident memory of each process so far (VmHWM).
     pub fn peak_memory_kib(&self) -> BTreeMap<String, u64> {
-        self.processes
-            .iter()
-            .filter_map(|(name, child)| {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
-                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-                let kib = line.split_whitespace().nth(1)?.parse().ok()?;
-                Some((name.to_string(), kib))
-            })
-            .collect()
+        self.processes.peak_memory_kib()
     }
 
     /// Stops every process.
     pub fn stop(self) {
         drop(self);
-    }
-}
-
-impl Drop for Stack {
-    /// Never leaves a server or consumer behind, even when the run ends in an error.
-    fn drop(&mut self) {
-        for (_, child) in &mut self.processes {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }

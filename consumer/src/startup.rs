@@ -30,38 +30,7 @@ pub struct Consumer {
 impl Consumer {
     /// Connects to the database and starts subscribing and claiming.
     pub async fn start(settings: ConsumerSettings) -> anyhow::Result<Self> {
-        let url = settings.common.database_url.clone();
-        let pool_size = settings.concurrency as u32 + 4;
-        let pool = tokio::task::spawn_blocking(move || db::connect(&url, pool_size))
-            .await
-            .context("database set-up task")??;
-        let mut providers: HashMap<Provider, Arc<dyn ProviderApi>> = HashMap::new();
-        if let Some(stripe) = &settings.common.stripe {
-            let client = StripeClient::new(stripe)?;
-            let api = Stripe::new(client, settings.stripe_max_rps);
-            providers.insert(Provider::Stripe, Arc::new(api));
-        }
-        if let Some(salesforce) = &settings.common.salesforce {
-            let api = Salesforce::new(SalesforceClient::new(salesforce)?);
-            providers.insert(Provider::Salesforce, Arc::new(api));
-        }
-        let owner = format!(
-            "{}-{}-{}",
-            hostname(),
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let worker = Arc::new(Worker {
-            pool,
-            owner,
-            providers,
-            permits: Arc::new(Semaphore::new(settings.concurrency)),
-            concurrency: settings.concurrency,
-            max_attempts: settings.max_attempts,
-            max_backoff: settings.max_backoff,
-            lease: settings.lease,
-            in_flight: Mutex::new(HashMap::new()),
-        });
+        let worker = worker(&settings).await?;
         let (shutdown, stop) = watch::channel(false);
         let doorbells: Arc<HashMap<_, _>> = Arc::new(
             settings
@@ -124,6 +93,55 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "consumer".into())
+}
+
+/// Runs every task of the consumer's providers until none is pending or in flight (those
+/// waiting for a retry included), without ZeroMQ, then stops; answers how many executions
+/// it took. A deterministic drain for tests and one-off runs, as crates.io's worker runner
+/// does with `shutdown_when_queue_empty`.
+pub async fn drain(settings: ConsumerSettings) -> anyhow::Result<usize> {
+    let worker = worker(&settings).await?;
+    let mut executed = 0;
+    for provider in &settings.providers {
+        executed += worker.drain(*provider).await?;
+    }
+    Ok(executed)
+}
+
+/// The pool, the provider clients and the lease owner name of one consumer process.
+async fn worker(settings: &ConsumerSettings) -> anyhow::Result<Arc<Worker>> {
+    let url = settings.common.database_url.clone();
+    let pool_size = settings.concurrency as u32 + 4;
+    let pool = tokio::task::spawn_blocking(move || db::connect(&url, pool_size))
+        .await
+        .context("database set-up task")??;
+    let mut providers: HashMap<Provider, Arc<dyn ProviderApi>> = HashMap::new();
+    if let Some(stripe) = &settings.common.stripe {
+        let client = StripeClient::new(stripe)?;
+        let api = Stripe::new(client, settings.stripe_max_rps);
+        providers.insert(Provider::Stripe, Arc::new(api));
+    }
+    if let Some(salesforce) = &settings.common.salesforce {
+        let api = Salesforce::new(SalesforceClient::new(salesforce)?);
+        providers.insert(Provider::Salesforce, Arc::new(api));
+    }
+    let owner = format!(
+        "{}-{}-{}",
+        hostname(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    Ok(Arc::new(Worker {
+        pool,
+        owner,
+        providers,
+        permits: Arc::new(Semaphore::new(settings.concurrency)),
+        concurrency: settings.concurrency,
+        max_attempts: settings.max_attempts,
+        max_backoff: settings.max_backoff,
+        lease: settings.lease,
+        in_flight: Mutex::new(HashMap::new()),
+    }))
 }
 
 /// Resolves on SIGINT or SIGTERM.

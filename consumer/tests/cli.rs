@@ -1,20 +1,13 @@
 //! The `consumer` binary's start-up: one clear line for a bad or missing setting.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+use shared::testing::processes::{self, refused};
 
 fn consumer() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    let mut command = processes::binary(env!("CARGO_BIN_EXE_consumer"));
+    command.stdout(Stdio::piped());
     command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(std::env::temp_dir());
-    command
-}
-
-fn refused(command: &mut Command) -> String {
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    String::from_utf8(output.stderr).unwrap()
 }
 
 #[test]

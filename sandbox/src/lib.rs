@@ -141,6 +141,43 @@ impl Sandbox {
         &self.webhook_secret
     }
 
+    /// A call to this sandbox as another Stripe client (the Dashboard) would make it, for
+    /// tests; panics unless it succeeds.
+    pub async fn dashboard(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base_url()))
+            .bearer_auth("sk_test_dashboard")
+            .form(form)
+            .send()
+            .await
+            .expect("the sandbox answers");
+        let status = response.status();
+        assert!(status.is_success(), "{path}: {status}");
+        response.json().await.expect("a JSON answer")
+    }
+
+    /// How many events of type `kind` the sandbox created.
+    pub fn count_events(&self, kind: &str) -> usize {
+        self.events().iter().filter(|e| e["type"] == kind).count()
+    }
+
+    /// The live (not deleted) customers carrying our metadata, by the local id they name:
+    /// more than one under an id is a duplicate.
+    pub fn live_by_local_id(&self) -> BTreeMap<String, Vec<CustomerSnapshot>> {
+        let mut by_local = BTreeMap::<String, Vec<CustomerSnapshot>>::new();
+        for customer in self.customers().into_iter().filter(|c| !c.deleted) {
+            if let Some(local) = customer.metadata.get(shared::stripe::METADATA_KEY) {
+                by_local.entry(local.clone()).or_default().push(customer);
+            }
+        }
+        by_local
+    }
+
     /// Every customer, deleted ones included, oldest first.
     pub fn customers(&self) -> Vec<CustomerSnapshot> {
         let store = self

@@ -211,3 +211,37 @@ fn a_new_key_generation_changes_the_idempotency_key() {
         .unwrap();
     assert_eq!(task.reconcile_emails, ["a@example.com"], "each email once");
 }
+
+#[test]
+fn next_due_says_when_the_next_task_can_be_claimed_and_none_when_all_are_done() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    assert_eq!(queue::next_due(&mut conn, Provider::Stripe).unwrap(), None);
+    customer(&mut conn, "a");
+    assert_eq!(
+        queue::next_due(&mut conn, Provider::Stripe).unwrap(),
+        Some(Duration::ZERO)
+    );
+    let claimed = queue::claim(&mut conn, Provider::Stripe, 10, "me", LEASE).unwrap();
+    // In flight: claimable again when its lease expires.
+    let lease_left = queue::next_due(&mut conn, Provider::Stripe)
+        .unwrap()
+        .unwrap();
+    assert!(
+        lease_left > Duration::from_secs(25) && lease_left <= LEASE,
+        "{lease_left:?}"
+    );
+    queue::retry_later(&mut conn, &claimed[0], "boom", Duration::from_secs(60), 12).unwrap();
+    let backoff = queue::next_due(&mut conn, Provider::Stripe)
+        .unwrap()
+        .unwrap();
+    assert!(backoff > Duration::from_secs(55), "{backoff:?}");
+    let claimed = {
+        diesel::sql_query("UPDATE sync_tasks SET next_attempt_at = now()")
+            .execute(&mut conn)
+            .unwrap();
+        queue::claim(&mut conn, Provider::Stripe, 10, "me", LEASE).unwrap()
+    };
+    queue::complete(&mut conn, &claimed[0], Some("cus_1"), 1).unwrap();
+    assert_eq!(queue::next_due(&mut conn, Provider::Stripe).unwrap(), None);
+}

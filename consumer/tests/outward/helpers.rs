@@ -1,50 +1,34 @@
-//! A stack per test: fresh database, sandbox, server on port 0, consumers in-process or as
-//! the real binary.
+//! A stack per test on the shared test stack (`shared::testing`): a fresh database, the
+//! sandbox, the server on port 0, and consumers in-process or as the real binary.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use consumer::startup::Consumer;
-use diesel::prelude::*;
 use sandbox::{Sandbox, SandboxConfig};
-use serde_json::{json, Value};
+use serde_json::Value;
 use server::startup::Application;
-use shared::config::{
-    CommonSettings, ConsumerSettings, LogFormat, SalesforceSettings, ServerSettings, StripeSettings,
-};
-use shared::domain::Provider;
-use shared::testing::TestDatabase;
+use shared::config::{CommonSettings, ConsumerSettings};
+use shared::testing::{processes, settings, ApiClient, TestDatabase};
 
-pub const TOKEN: &str = "test-token-0123456789abcdef";
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// The database, the sandbox and the server; the API client's requests are its methods.
 pub struct Stack {
     pub db: TestDatabase,
     pub sandbox: Sandbox,
-    pub address: String,
+    pub api: ApiClient,
     pub zmq_endpoint: String,
-    pub client: reqwest::Client,
     /// Whether the salesforce provider is enabled.
     pub salesforce: bool,
 }
 
-pub fn common(db: &TestDatabase, sandbox: &Sandbox, zmq: &str, salesforce: bool) -> CommonSettings {
-    CommonSettings {
-        database_url: db.url.clone().into(),
-        zmq_endpoints: vec![zmq.to_owned()],
-        stripe: Some(StripeSettings {
-            api_key: "sk_test_customer_sync".to_owned().into(),
-            api_base: sandbox.base_url(),
-        }),
-        salesforce: salesforce.then(|| SalesforceSettings {
-            login_url: sandbox.base_url(),
-            client_id: sandbox::salesforce::CLIENT_ID.to_owned().into(),
-            client_secret: sandbox::salesforce::CLIENT_SECRET.to_owned().into(),
-            api_version: "66.0".into(),
-            external_id_field: "Customer_Id__c".into(),
-        }),
-        log_format: LogFormat::Pretty,
+impl std::ops::Deref for Stack {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
     }
 }
 
@@ -64,26 +48,20 @@ pub async fn stack_full(
     webhooks: bool,
     salesforce: bool,
 ) -> Stack {
-    shared::telemetry::init(LogFormat::Pretty, "warn");
+    shared::telemetry::init(shared::config::LogFormat::Pretty, "warn");
     let db = tokio::task::spawn_blocking(TestDatabase::create)
         .await
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
+    let api = ApiClient::new(format!("http://{}", listener.local_addr().unwrap()));
     if webhooks {
-        sandbox_config.webhook_url = Some(format!("{address}/api/v1/endpoint/stripe"));
+        sandbox_config.webhook_url = Some(format!("{}/api/v1/endpoint/stripe", api.base_url));
     }
     let sandbox = Sandbox::start(sandbox_config)
         .await
         .expect("starting the sandbox");
-    let settings = ServerSettings {
-        common: common(&db, &sandbox, "tcp://127.0.0.1:0", salesforce),
-        http_bind: "127.0.0.1:0".parse().unwrap(),
-        api_token: Some(TOKEN.to_owned().into()),
-        webhook_secrets: vec![sandbox.webhook_secret().to_owned().into()],
-        webhook_tolerance: Duration::from_secs(300),
-        http_max_connections: 2048,
-    };
+    let common = common(&db, &sandbox, "tcp://127.0.0.1:0", salesforce);
+    let settings = settings::server(common, &[sandbox.webhook_secret()]);
     let app = Application::build_on(settings, listener)
         .await
         .expect("building the server");
@@ -92,31 +70,30 @@ pub async fn stack_full(
     Stack {
         db,
         sandbox,
-        address,
+        api,
         zmq_endpoint,
-        client: reqwest::Client::new(),
         salesforce,
     }
 }
 
+/// The stack's database, Stripe in the sandbox, and its Salesforce mode when `salesforce`.
+fn common(db: &TestDatabase, sandbox: &Sandbox, zmq: &str, salesforce: bool) -> CommonSettings {
+    let mut common = settings::common(db, zmq, &sandbox.base_url());
+    common.salesforce = salesforce.then(|| {
+        let (id, secret) = (
+            sandbox::salesforce::CLIENT_ID,
+            sandbox::salesforce::CLIENT_SECRET,
+        );
+        settings::salesforce(&sandbox.base_url(), id, secret)
+    });
+    common
+}
+
 impl Stack {
-    /// Consumer settings for the stripe topic with a fast sweep.
+    /// Consumer settings for the stack's providers with a fast sweep.
     pub fn consumer_settings(&self) -> ConsumerSettings {
-        let mut providers = vec![Provider::Stripe];
-        if self.salesforce {
-            providers.push(Provider::Salesforce);
-        }
-        ConsumerSettings {
-            common: common(&self.db, &self.sandbox, &self.zmq_endpoint, self.salesforce),
-            providers,
-            concurrency: 8,
-            stripe_max_rps: 1000,
-            max_attempts: 12,
-            sweep_interval: Duration::from_millis(200),
-            lease: Duration::from_secs(30),
-            // Failure tests draw long losing streaks; keep their retries quick.
-            max_backoff: Duration::from_millis(500),
-        }
+        let common = common(&self.db, &self.sandbox, &self.zmq_endpoint, self.salesforce);
+        settings::consumer(common)
     }
 
     /// An in-process consumer.
@@ -132,6 +109,14 @@ impl Stack {
             .expect("starting a consumer")
     }
 
+    /// Runs every task to the end (retries included) with an in-process consumer that
+    /// stops when none is left: no claim loop to wait for. Answers the executions.
+    pub async fn drain(&self) -> usize {
+        consumer::startup::drain(self.consumer_settings())
+            .await
+            .expect("draining the queue")
+    }
+
     /// The real `consumer` binary, started.
     pub fn consumer_process(&self, extra_env: &[(&str, &str)]) -> Child {
         self.consumer_command(extra_env)
@@ -141,218 +126,50 @@ impl Stack {
 
     /// The real `consumer` binary, ready to start.
     pub fn consumer_command(&self, extra_env: &[(&str, &str)]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+        let base = self.sandbox.base_url();
+        let exe = env!("CARGO_BIN_EXE_consumer");
+        let mut command = processes::consumer(exe, &self.db.url, &self.zmq_endpoint, &base);
         command
-            .args(["--topic", "stripe"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &self.db.url)
-            .env("ZMQ_PUB_ENDPOINT", &self.zmq_endpoint)
-            .env("STRIPE_API_KEY", "sk_test_customer_sync")
-            .env("STRIPE_API_BASE", self.sandbox.base_url())
             .env("STRIPE_MAX_RPS", "1000")
             .env("CONSUMER_SWEEP_INTERVAL_MS", "200")
             .env("CONSUMER_BACKOFF_MAX_MS", "500")
             .env("RUST_LOG", "warn")
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra_env {
-            command.env(k, v);
-        }
+            .stderr(Stdio::inherit())
+            .envs(extra_env.iter().copied());
         command
     }
 
-    /// The consumers that completed tasks (the lease owner is kept on success).
-    pub fn completed_by(&self) -> std::collections::BTreeSet<String> {
-        use shared::db::schema::sync_tasks::dsl::*;
-        sync_tasks
-            .filter(status.eq("succeeded"))
-            .select(lease_owner)
-            .load::<Option<String>>(&mut self.db.connect())
-            .unwrap()
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.address))
-            .bearer_auth(TOKEN)
-    }
-
+    /// Creates a customer (202).
     pub async fn create(&self, id: &str, name: &str, email: &str) -> Value {
-        let response = self
-            .request(reqwest::Method::POST, "/api/v1/customers")
-            .json(&json!({"id": id, "name": name, "email": email}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        response.json().await.unwrap()
+        self.api.create_customer(id, name, email).await
     }
 
+    /// Changes a customer (202).
     pub async fn patch(&self, id: &str, body: Value) -> Value {
-        let response = self
-            .request(reqwest::Method::PATCH, &format!("/api/v1/customers/{id}"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        response.json().await.unwrap()
+        self.api.update_customer(id, &body).await
     }
 
+    /// Deletes a customer (202).
     pub async fn delete(&self, id: &str) -> Value {
-        let response = self
-            .request(reqwest::Method::DELETE, &format!("/api/v1/customers/{id}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        response.json().await.unwrap()
-    }
-
-    pub async fn customer(&self, id: &str) -> Value {
-        self.request(reqwest::Method::GET, &format!("/api/v1/customers/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    pub async fn task(&self, id: &str) -> Value {
-        self.request(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.api.delete_customer(id).await
     }
 
     /// Task counts by status.
     pub fn statuses(&self) -> Vec<(String, i64)> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            status: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut conn = self.db.connect();
-        diesel::sql_query(
-            "SELECT status, count(*) AS n FROM sync_tasks GROUP BY status ORDER BY status",
-        )
-        .load::<Row>(&mut conn)
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.status, r.n))
-        .collect()
+        self.db.task_statuses()
     }
 
     /// Waits until every task is finished, then returns the counts.
     pub async fn drained(&self, expect_succeeded: i64) -> Vec<(String, i64)> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let statuses = self.statuses();
-            if statuses == [("succeeded".to_owned(), expect_succeeded)] {
-                return statuses;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let open: Vec<_> = shared::db::schema::sync_tasks::table
-                    .filter(shared::db::schema::sync_tasks::status.ne("succeeded"))
-                    .select((
-                        shared::db::schema::sync_tasks::customer_id,
-                        shared::db::schema::sync_tasks::status,
-                        shared::db::schema::sync_tasks::attempts,
-                        shared::db::schema::sync_tasks::next_attempt_at,
-                        shared::db::schema::sync_tasks::last_error,
-                    ))
-                    .load::<(
-                        String,
-                        String,
-                        i32,
-                        chrono::DateTime<chrono::Utc>,
-                        Option<String>,
-                    )>(&mut self.db.connect())
-                    .unwrap();
-                panic!("tasks not drained: {statuses:?}; open: {open:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.db.wait_all_succeeded(expect_succeeded, WAIT).await
     }
 
-    /// A call to the sandbox Stripe, as another Stripe client (the Dashboard) would make it.
-    pub async fn stripe(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        form: &[(&str, &str)],
-    ) -> Value {
-        let response = self
-            .client
-            .request(method, format!("{}{path}", self.sandbox.base_url()))
-            .bearer_auth("sk_test_dashboard")
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
-    }
-
-    /// The most attempts any task of `provider` took.
-    pub fn max_attempts(&self, provider: &str) -> i32 {
-        use shared::db::schema::sync_tasks::dsl;
-        dsl::sync_tasks
-            .filter(dsl::provider.eq(provider))
-            .select(diesel::dsl::max(dsl::attempts))
-            .first::<Option<i32>>(&mut self.db.connect())
-            .unwrap()
-            .unwrap_or(0)
-    }
-
-    /// Sandbox events of one type.
-    pub fn count_events(&self, kind: &str) -> usize {
-        self.sandbox
-            .events()
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .count()
-    }
-
-    /// Local customers (tombstones included) as (id, name, email, deleted).
-    pub fn local_customers(&self) -> Vec<(String, String, String, bool)> {
-        use shared::db::schema::customers::dsl::*;
-        customers
-            .select((id, name, email, deleted_at.is_not_null()))
-            .order(id)
-            .load(&mut self.db.connect())
-            .unwrap()
-    }
-
-    /// Live (not deleted) sandbox customers carrying each local id.
+    /// Live (not deleted) sandbox customers' ids, by the local id they carry.
     pub fn sandbox_ids_by_local_id(&self) -> std::collections::BTreeMap<String, Vec<String>> {
-        let mut by_local = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for c in self.sandbox.customers() {
-            if c.deleted {
-                continue;
-            }
-            if let Some(local) = c.metadata.get("customer_sync_id") {
-                by_local
-                    .entry(local.clone())
-                    .or_default()
-                    .push(c.id.clone());
-            }
-        }
-        by_local
+        self.sandbox
+            .live_by_local_id()
+            .into_iter()
+            .map(|(local, customers)| (local, customers.into_iter().map(|c| c.id).collect()))
+            .collect()
     }
 }

@@ -2,6 +2,5 @@
 
 mod faults;
 mod helpers;
-mod inward;
 mod salesforce;
 mod sync;

@@ -80,7 +80,8 @@ async fn a_stripe_side_change_reaches_salesforce_and_not_back_to_stripe() {
         .unwrap()
         .to_owned();
     stack
-        .stripe(
+        .sandbox
+        .dashboard(
             Method::POST,
             &format!("/v1/customers/{cus}"),
             &[("email", "billing@lovelace.org")],
@@ -137,7 +138,7 @@ async fn a_token_expiring_mid_run_is_refreshed_once_and_nothing_fails() {
         "one shared refresh"
     );
     assert_eq!(stack.sandbox.salesforce().contacts().len(), 30);
-    let attempts = stack.max_attempts("salesforce");
+    let attempts = stack.db.max_attempts(shared::domain::Provider::Salesforce);
     assert_eq!(attempts, 1, "the refresh happened inside the first attempt");
     consumer.shutdown().await;
 }

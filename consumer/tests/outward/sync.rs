@@ -2,22 +2,18 @@ use std::time::Duration;
 
 use sandbox::SandboxConfig;
 use serde_json::json;
-use shared::testing::eventually;
 
-use crate::helpers::{stack, WAIT};
+use crate::helpers::stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_update_and_delete_reach_stripe_with_fields_metadata_and_links() {
     let stack = stack(SandboxConfig::default()).await;
-    let consumer = stack.consumer().await;
 
     let created = stack.create("c-1", "Ada Lovelace", "ada@example.com").await;
     let task_id = created["tasks"][0]["id"].as_str().unwrap().to_owned();
-    let customer = eventually("the create to be linked", WAIT, || async {
-        let c = stack.customer("c-1").await;
-        (c["links"][0]["state"] == "synced").then_some(c)
-    })
-    .await;
+    assert_eq!(stack.drain().await, 1, "one call creates the customer");
+    let customer = stack.customer("c-1").await;
+    assert_eq!(customer["links"][0]["state"], "synced");
     let stripe_id = customer["links"][0]["external_id"]
         .as_str()
         .unwrap()
@@ -46,50 +42,32 @@ async fn create_update_and_delete_reach_stripe_with_fields_metadata_and_links() 
     stack
         .patch("c-1", json!({"name": "Ada King", "email": "ada@king.org"}))
         .await;
-    eventually("the update to reach Stripe", WAIT, || async {
-        let remote = stack.sandbox.customers();
-        (remote[0].name.as_deref() == Some("Ada King")
-            && remote[0].email.as_deref() == Some("ada@king.org"))
-        .then_some(())
-    })
-    .await;
-    eventually("the link to be synced at version 2", WAIT, || async {
-        let c = stack.customer("c-1").await;
-        (c["links"][0]["synced_version"] == 2).then_some(())
-    })
-    .await;
+    assert_eq!(stack.drain().await, 1, "one call updates it");
+    let remote = stack.sandbox.customers();
+    assert_eq!(remote[0].name.as_deref(), Some("Ada King"));
+    assert_eq!(remote[0].email.as_deref(), Some("ada@king.org"));
+    assert_eq!(stack.customer("c-1").await["links"][0]["synced_version"], 2);
 
     stack.delete("c-1").await;
-    eventually("the delete to reach Stripe", WAIT, || async {
-        stack.sandbox.customers()[0].deleted.then_some(())
-    })
-    .await;
-    stack.drained(3).await;
+    assert_eq!(stack.drain().await, 1, "one call deletes it");
+    assert!(stack.sandbox.customers()[0].deleted);
+    assert_eq!(stack.statuses(), [("succeeded".to_owned(), 3)]);
     // Every call carried the pinned version and a stable key per task.
     let log = stack.sandbox.request_log();
     let posts: Vec<_> = log.iter().filter(|r| r.method == "POST").collect();
     assert!(posts.iter().all(|r| r.idempotency_key.is_some()));
-    consumer.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_to_one_customer_arrive_in_the_order_they_were_accepted() {
     let stack = stack(SandboxConfig::default()).await;
-    let consumer = stack.consumer().await;
     stack.create("c-1", "v1", "v1@example.com").await;
     for i in 2..=6 {
         stack.patch("c-1", json!({"name": format!("v{i}")})).await;
     }
     stack.delete("c-1").await;
-    eventually("the delete to reach Stripe", WAIT, || async {
-        stack
-            .sandbox
-            .customers()
-            .first()
-            .filter(|c| c.deleted)
-            .map(|_| ())
-    })
-    .await;
+    assert_eq!(stack.drain().await, 7, "one execution per accepted change");
+    assert!(stack.sandbox.customers()[0].deleted);
     let events: Vec<(String, String)> = stack
         .sandbox
         .events()
@@ -121,7 +99,6 @@ async fn changes_to_one_customer_arrive_in_the_order_they_were_accepted() {
     // Each task pushes the customer's current state, so a burst may fold into fewer calls
     // (even a single create carrying v6): what must hold is that no older state follows a
     // newer one, and that the delete comes last.
-    consumer.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -155,7 +132,7 @@ async fn several_consumers_share_the_work_without_duplicate_calls() {
         let by_local = stack.sandbox_ids_by_local_id();
         assert_eq!(by_local.len(), 60);
         assert!(by_local.values().all(|ids| ids.len() == 1));
-        let owners = stack.completed_by();
+        let owners = stack.db.completed_by();
         assert!(
             owners.len() >= 2,
             "{consumers} consumers, work done by {owners:?}"
@@ -202,7 +179,6 @@ async fn the_sweep_completes_tasks_whose_messages_never_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stripe_400_kills_the_task_at_once_and_a_retry_after_the_fix_succeeds() {
     let stack = stack(SandboxConfig::default()).await;
-    let consumer = stack.consumer().await;
     stack.sandbox.fail_next(
         400,
         "parameter_invalid_empty",
@@ -211,11 +187,9 @@ async fn a_stripe_400_kills_the_task_at_once_and_a_retry_after_the_fix_succeeds(
     );
     let created = stack.create("c-1", "Ada", "ada@example.com").await;
     let task_id = created["tasks"][0]["id"].as_str().unwrap().to_owned();
-    let task = eventually("the task to die", WAIT, || async {
-        let t = stack.task(&task_id).await;
-        (t["status"] == "dead").then_some(t)
-    })
-    .await;
+    assert_eq!(stack.drain().await, 1, "a 400 is not retried");
+    let task = stack.task(&task_id).await;
+    assert_eq!(task["status"], "dead");
     assert_eq!(task["attempts"], 1, "a 400 is not retried");
     assert!(
         task["last_error"]
@@ -235,9 +209,9 @@ async fn a_stripe_400_kills_the_task_at_once_and_a_retry_after_the_fix_succeeds(
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    stack.drained(1).await;
+    assert_eq!(stack.drain().await, 1);
+    assert_eq!(stack.statuses(), [("succeeded".to_owned(), 1)]);
     assert_eq!(stack.sandbox_ids_by_local_id().len(), 1);
-    consumer.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

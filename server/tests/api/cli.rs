@@ -1,20 +1,17 @@
 //! The `server` binary's start-up: one clear line for a bad or missing setting.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+use shared::testing::processes;
 
 fn server() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(std::env::temp_dir());
+    let mut command = processes::binary(env!("CARGO_BIN_EXE_server"));
+    command.stdout(Stdio::piped());
     command
 }
 
 fn refused(command: &mut Command) -> String {
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    let stderr = String::from_utf8(output.stderr).unwrap();
+    let stderr = processes::refused(command);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     stderr
 }

@@ -1,9 +1,11 @@
-//! Integration tests of the HTTP API against a real PostgreSQL.
+//! Integration tests of the HTTP API against a real PostgreSQL, and of the inward loop
+//! with the sandbox's signed webhooks and a consumer.
 
 mod cli;
 mod connections;
 mod customers;
 mod errors;
 mod helpers;
+mod inward;
 mod tasks;
 mod webhook;

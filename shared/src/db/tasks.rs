@@ -298,8 +298,8 @@ pub fn next_due(
         seconds: Option<f64>,
     }
     let due: Due = diesel::sql_query(
-        "SELECT GREATEST(0, EXTRACT(EPOCH FROM min(CASE WHEN h.status = 'pending' \
-                THEN h.next_attempt_at ELSE h.lease_expires_at END) - now()))::float8 AS seconds \
+        "SELECT EXTRACT(EPOCH FROM min(CASE WHEN h.status = 'pending' \
+                THEN h.next_attempt_at ELSE h.lease_expires_at END) - now())::float8 AS seconds \
            FROM sync_tasks h \
           WHERE h.provider = $1 AND h.status IN ('pending', 'in_flight') \
             AND h.seq = (SELECT min(o.seq) FROM sync_tasks o \
@@ -308,5 +308,8 @@ pub fn next_due(
     )
     .bind::<Text, _>(provider)
     .get_result(conn)?;
-    Ok(due.seconds.map(std::time::Duration::from_secs_f64))
+    // No open task: NULL (GREATEST in SQL would turn it into 0, "due now").
+    Ok(due
+        .seconds
+        .map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
 }

@@ -1,4 +1,5 @@
-//! The two-way loop end to end: consumer pushes, the sandbox's signed webhooks come back.
+//! The inward loop end to end: a consumer pushes, the sandbox's signed webhooks come back
+//! and the server applies them.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use sandbox::SandboxConfig;
 use serde_json::json;
 use shared::testing::eventually;
 
-use crate::helpers::{stack_with, Stack, WAIT};
+use crate::helpers::{spawn_loop as stack_with, Loop as Stack, WAIT};
 
 async fn linked_stripe_id(stack: &Stack, id: &str) -> String {
     eventually("the customer to be linked and synced", WAIT, || async {
@@ -43,10 +44,10 @@ async fn quiet(stack: &Stack) {
 async fn the_echo_of_a_local_create_links_it_without_a_new_customer_or_task() {
     let stack = stack_with(SandboxConfig::default(), true).await;
     let consumer = stack.consumer().await;
-    stack.create("c-1", "Ada", "ada@example.com").await;
+    stack.create_customer("c-1", "Ada", "ada@example.com").await;
     linked_stripe_id(&stack, "c-1").await;
     quiet(&stack).await;
-    let events = stack.count_events("customer.created");
+    let events = stack.sandbox.count_events("customer.created");
     assert_eq!(events, 1, "the echo arrived");
     assert_eq!(
         stack.local_customers().len(),
@@ -65,12 +66,13 @@ async fn the_echo_of_a_local_create_links_it_without_a_new_customer_or_task() {
 async fn a_stripe_side_update_reaches_the_catalog_and_is_not_sent_back() {
     let stack = stack_with(SandboxConfig::default(), true).await;
     let consumer = stack.consumer().await;
-    stack.create("c-1", "Ada", "ada@example.com").await;
+    stack.create_customer("c-1", "Ada", "ada@example.com").await;
     let cus = linked_stripe_id(&stack, "c-1").await;
     quiet(&stack).await;
     let calls_before = stack.sandbox.request_log().len();
     stack
-        .stripe(
+        .sandbox
+        .dashboard(
             Method::POST,
             &format!("/v1/customers/{cus}"),
             &[("name", "Ada (billing)")],
@@ -108,10 +110,10 @@ async fn a_local_update_made_while_an_older_echo_is_in_flight_survives() {
     )
     .await;
     let consumer = stack.consumer().await;
-    stack.create("c-1", "v1", "ada@example.com").await;
+    stack.create_customer("c-1", "v1", "ada@example.com").await;
     linked_stripe_id(&stack, "c-1").await;
-    stack.patch("c-1", json!({"name": "v2"})).await;
-    stack.patch("c-1", json!({"name": "v3"})).await;
+    stack.update_customer("c-1", &json!({"name": "v2"})).await;
+    stack.update_customer("c-1", &json!({"name": "v3"})).await;
     quiet(&stack).await;
     let c = stack.customer("c-1").await;
     assert_eq!(c["name"], "v3");
@@ -124,14 +126,15 @@ async fn a_local_update_made_while_an_older_echo_is_in_flight_survives() {
 async fn deletes_travel_both_ways() {
     let stack = stack_with(SandboxConfig::default(), true).await;
     let consumer = stack.consumer().await;
-    stack.create("c-1", "Ada", "ada@example.com").await;
-    stack.create("c-2", "Bob", "bob@example.com").await;
+    stack.create_customer("c-1", "Ada", "ada@example.com").await;
+    stack.create_customer("c-2", "Bob", "bob@example.com").await;
     linked_stripe_id(&stack, "c-1").await;
     let cus2 = linked_stripe_id(&stack, "c-2").await;
 
-    stack.delete("c-1").await;
+    stack.delete_customer("c-1").await;
     stack
-        .stripe(Method::DELETE, &format!("/v1/customers/{cus2}"), &[])
+        .sandbox
+        .dashboard(Method::DELETE, &format!("/v1/customers/{cus2}"), &[])
         .await;
     quiet(&stack).await;
     let remote = stack.sandbox.customers();
@@ -146,7 +149,8 @@ async fn a_customer_created_in_stripe_is_imported_once() {
     let stack = stack_with(SandboxConfig::default(), true).await;
     let consumer = stack.consumer().await;
     let created = stack
-        .stripe(
+        .sandbox
+        .dashboard(
             Method::POST,
             "/v1/customers",
             &[("name", "Dash Board"), ("email", "dash@example.com")],
@@ -183,7 +187,7 @@ async fn random_changes_on_both_sides_converge_despite_duplicate_and_shuffled_we
     let n = 30;
     for i in 0..n {
         stack
-            .create(
+            .create_customer(
                 &format!("c-{i}"),
                 &format!("n{i}-0"),
                 &format!("c{i}@example.com"),
@@ -201,12 +205,16 @@ async fn random_changes_on_both_sides_converge_despite_duplicate_and_shuffled_we
             match rng.gen_range(0..3) {
                 0 => {
                     stack
-                        .patch(&format!("c-{i}"), json!({"name": format!("{name}-local")}))
+                        .update_customer(
+                            &format!("c-{i}"),
+                            &json!({"name": format!("{name}-local")}),
+                        )
                         .await;
                 }
                 1 => {
                     stack
-                        .stripe(
+                        .sandbox
+                        .dashboard(
                             Method::POST,
                             &format!("/v1/customers/{stripe_id}"),
                             &[("name", &format!("{name}-stripe"))],
@@ -243,14 +251,17 @@ async fn random_changes_on_both_sides_converge_despite_duplicate_and_shuffled_we
 async fn a_local_update_racing_a_stripe_side_delete_ends_deleted_everywhere() {
     let stack = stack_with(SandboxConfig::default(), true).await;
     let consumer = stack.consumer().await;
-    stack.create("c-1", "Ada", "ada@example.com").await;
+    stack.create_customer("c-1", "Ada", "ada@example.com").await;
     let cus = linked_stripe_id(&stack, "c-1").await;
     quiet(&stack).await;
     consumer.shutdown().await;
     // The Stripe-side delete happens while the local update waits in the queue.
-    stack.patch("c-1", json!({"name": "Ada King"})).await;
     stack
-        .stripe(Method::DELETE, &format!("/v1/customers/{cus}"), &[])
+        .update_customer("c-1", &json!({"name": "Ada King"}))
+        .await;
+    stack
+        .sandbox
+        .dashboard(Method::DELETE, &format!("/v1/customers/{cus}"), &[])
         .await;
     let consumer = stack.consumer().await;
     quiet(&stack).await;
@@ -269,12 +280,15 @@ async fn an_update_for_a_customer_deleted_in_stripe_before_its_webhook_arrives_i
     // No webhook: the consumer meets Stripe's 404 before any customer.deleted arrives.
     let stack = stack_with(SandboxConfig::default(), false).await;
     let consumer = stack.consumer().await;
-    stack.create("c-1", "Ada", "ada@example.com").await;
+    stack.create_customer("c-1", "Ada", "ada@example.com").await;
     let cus = linked_stripe_id(&stack, "c-1").await;
     stack
-        .stripe(Method::DELETE, &format!("/v1/customers/{cus}"), &[])
+        .sandbox
+        .dashboard(Method::DELETE, &format!("/v1/customers/{cus}"), &[])
         .await;
-    stack.patch("c-1", json!({"name": "Ada King"})).await;
+    stack
+        .update_customer("c-1", &json!({"name": "Ada King"}))
+        .await;
     stack.drained(2).await;
     let updates: Vec<_> = stack
         .sandbox

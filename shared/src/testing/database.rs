@@ -1,5 +1,5 @@
-//! The PostgreSQL test harness: each test gets its own database, created from a migrated
-//! template and dropped afterwards.
+//! The PostgreSQL harness: each test gets its own database, created from a migrated
+//! template and dropped afterwards, and the queries tests use to look inside it.
 //!
 //! The server is found in this order: `DATABASE_URL`, a server on 127.0.0.1:5432, or a
 //! private cluster started from the installed binaries (as `postgres` when running as root).
@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use diesel::prelude::*;
 
 use crate::config::with_database;
+use crate::db::schema::{customers, sync_tasks};
+use crate::domain::{Provider, TaskStatus};
 use crate::local_pg::{answers, LocalCluster};
 
 /// The port of the harness's private cluster.
@@ -46,6 +48,122 @@ impl TestDatabase {
     /// A new connection to it.
     pub fn connect(&self) -> PgConnection {
         PgConnection::establish(&self.url).expect("connecting to the test database")
+    }
+
+    /// Rows in `table`.
+    pub fn count(&self, table: &str) -> i64 {
+        self.count_where(table, "true")
+    }
+
+    /// Rows of `table` matching `condition` (SQL).
+    pub fn count_where(&self, table: &str, condition: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM {table} WHERE {condition}"
+        ))
+        .get_result::<Count>(&mut self.connect())
+        .expect("counting rows")
+        .n
+    }
+
+    /// Task counts by status, ordered by status name.
+    pub fn task_statuses(&self) -> Vec<(String, i64)> {
+        let mut counts: Vec<(String, i64)> = sync_tasks::table
+            .group_by(sync_tasks::status)
+            .select((sync_tasks::status, diesel::dsl::count_star()))
+            .load::<(TaskStatus, i64)>(&mut self.connect())
+            .expect("counting tasks")
+            .into_iter()
+            .map(|(status, n)| (status.to_string(), n))
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    /// Waits until every task succeeded and there are `expected` of them (polling with a
+    /// deadline); panics with the open tasks after `timeout`. Answers the counts.
+    pub async fn wait_all_succeeded(
+        &self,
+        expected: i64,
+        timeout: std::time::Duration,
+    ) -> Vec<(String, i64)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let statuses = self.task_statuses();
+            if statuses == [("succeeded".to_owned(), expected)] {
+                return statuses;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let open = self.open_tasks();
+                panic!("tasks not drained: {statuses:?}; open: {open:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Tasks not succeeded, as (customer, status, attempts, next attempt, last error),
+    /// to say what is stuck when a wait times out.
+    pub fn open_tasks(&self) -> Vec<String> {
+        sync_tasks::table
+            .filter(sync_tasks::status.ne(TaskStatus::Succeeded))
+            .select((
+                sync_tasks::customer_id,
+                sync_tasks::status,
+                sync_tasks::attempts,
+                sync_tasks::next_attempt_at,
+                sync_tasks::last_error,
+            ))
+            .load::<(
+                String,
+                String,
+                i32,
+                chrono::DateTime<chrono::Utc>,
+                Option<String>,
+            )>(&mut self.connect())
+            .expect("listing open tasks")
+            .into_iter()
+            .map(|t| format!("{t:?}"))
+            .collect()
+    }
+
+    /// The consumers that completed tasks (the lease owner is kept on success).
+    pub fn completed_by(&self) -> std::collections::BTreeSet<String> {
+        sync_tasks::table
+            .filter(sync_tasks::status.eq(TaskStatus::Succeeded))
+            .select(sync_tasks::lease_owner)
+            .load::<Option<String>>(&mut self.connect())
+            .expect("listing lease owners")
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The most attempts any task of `provider` took.
+    pub fn max_attempts(&self, provider: Provider) -> i32 {
+        sync_tasks::table
+            .filter(sync_tasks::provider.eq(provider))
+            .select(diesel::dsl::max(sync_tasks::attempts))
+            .first::<Option<i32>>(&mut self.connect())
+            .expect("reading attempts")
+            .unwrap_or(0)
+    }
+
+    /// Local customers (tombstones included) as (id, name, email, deleted), by id.
+    pub fn local_customers(&self) -> Vec<(String, String, String, bool)> {
+        customers::table
+            .select((
+                customers::id,
+                customers::name,
+                customers::email,
+                customers::deleted_at.is_not_null(),
+            ))
+            .order(customers::id)
+            .load(&mut self.connect())
+            .expect("listing customers")
     }
 }
 
@@ -126,50 +244,4 @@ fn template_name() -> &'static str {
             .expect("releasing the template lock");
         name
     })
-}
-
-/// Polls `check` until it returns `Some` or `timeout` passes; panics with `what` on timeout.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-/// Checks that every environment variable a binary's `--help` names (clap's `[env: NAME]`)
-/// has a row in the README's settings table and a line in `.env.sample`; returns them.
-pub fn assert_settings_documented(help: &str) -> Vec<String> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
-    let sample = std::fs::read_to_string(format!("{root}/.env.sample")).expect(".env.sample");
-    let variables: Vec<String> = help
-        .split("[env: ")
-        .skip(1)
-        .filter_map(|rest| rest.split(['=', ']']).next())
-        .map(str::to_owned)
-        .collect();
-    for variable in &variables {
-        let quoted = format!("`{variable}`");
-        assert!(
-            readme
-                .lines()
-                .any(|line| line.starts_with("| `") && line.contains(&quoted)),
-            "{variable} has no row in the README's settings table"
-        );
-        assert!(
-            sample.contains(&format!("{variable}=")),
-            "{variable} is missing from .env.sample"
-        );
-    }
-    variables
 }
