@@ -274,7 +274,8 @@ impl Worker {
         }
     }
 
-    /// One task at its provider, sending the customer's current state (README "Operations").
+    /// One task at its provider, sending the customer's current state (README "Operations":
+    /// a stale queued call never overwrites a newer state).
     async fn execute(&self, api: &dyn ProviderApi, task: &TaskRow) -> Outcome {
         let (customer, link) = match self.prepare(task).await {
             Ok(state) => state,

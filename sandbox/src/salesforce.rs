@@ -1,5 +1,5 @@
 //! Salesforce mode: a faithful subset of the REST API for Contacts keyed by an external id
-//! (`../shared/reference/salesforce.md`): the client-credentials token endpoint, upsert
+//! (README "Connecting Salesforce"): the client-credentials token endpoint, upsert
 //! (201 created / 200 updated) and delete (204 / 404) by external id, Salesforce's error
 //! arrays, `Sforce-Limit-Info`, and tokens that can be expired on demand.
 

@@ -1,5 +1,5 @@
 //! `POST /api/v1/endpoint/stripe`: verified on the raw body, stored and applied in one
-//! transaction (SPEC "Inward: the Stripe webhook").
+//! transaction (README "The Stripe webhook").
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;

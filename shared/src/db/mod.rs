@@ -129,7 +129,7 @@ pub fn ensure_database(url: &str) -> anyhow::Result<()> {
     let admin_url = with_database(url, "postgres");
     let mut admin = PgConnection::establish(&admin_url).with_context(|| {
         format!(
-            "PostgreSQL does not answer at {}; start it (see README: Running) or set DATABASE_URL",
+            "PostgreSQL does not answer at {}; start it (README: The two commands) or set DATABASE_URL",
             redact_url(url)
         )
     })?;

@@ -43,7 +43,7 @@ pub enum Next {
 }
 
 impl StripeError {
-    /// Sorts the error: SPEC "Outward: tasks and providers".
+    /// Sorts the error as README "Operations" describes.
     pub fn next(&self) -> Next {
         match self {
             StripeError::Transport(_) => Next::RetrySameKey,
