@@ -35,7 +35,18 @@ impl Connection {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> io::Result<u16> {
-        let result = self.exchange(path, headers, body).await;
+        self.send("POST", path, headers, body).await
+    }
+
+    /// Sends a JSON `body` to `path` with `method` and extra `headers`; as [`Self::post`].
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<u16> {
+        let result = self.exchange(method, path, headers, body).await;
         if result.is_err() {
             self.stream = None;
         }
@@ -44,6 +55,7 @@ impl Connection {
 
     async fn exchange(
         &mut self,
+        method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
@@ -55,7 +67,8 @@ impl Connection {
         }
         let stream = self.stream.as_mut().expect("connected above");
         self.request.clear();
-        self.request.extend_from_slice(b"POST ");
+        self.request.extend_from_slice(method.as_bytes());
+        self.request.extend_from_slice(b" ");
         self.request.extend_from_slice(path.as_bytes());
         self.request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.request.extend_from_slice(self.address.as_bytes());

@@ -44,6 +44,10 @@ enum Scenario {
         /// from each request's due time, so a queue behind a slow server shows
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         rate: Option<u64>,
+        /// Time updates (PATCH /api/v1/customers/{id}, a new name each) of customers
+        /// created beforehand (untimed) instead of creates
+        #[arg(long)]
+        updates: bool,
     },
     /// Webhook ingest: distinct pre-signed customer.created events at full speed
     Webhooks {
@@ -101,7 +105,8 @@ async fn main() -> anyhow::Result<()> {
             connections,
             duration,
             rate,
-        } => api(connections, Duration::from_secs(duration), rate).await,
+            updates,
+        } => api(connections, Duration::from_secs(duration), rate, updates).await,
         Scenario::Webhooks {
             connections,
             events,
@@ -122,8 +127,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyhow::Result<()> {
+/// Customers an `api --updates` run changes, created beforehand.
+const UPDATED_CUSTOMERS: u64 = 10_000;
+
+async fn api(
+    connections: usize,
+    duration: Duration,
+    rate: Option<u64>,
+    updates: bool,
+) -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    if updates {
+        stack.execute(&format!(
+            "INSERT INTO customers (id, name, email) SELECT 'u-' || g, 'Before', \
+             'u' || g || '@example.com' FROM generate_series(0, {}) g",
+            UPDATED_CUSTOMERS - 1
+        ))?;
+    }
     let recorder = Arc::new(Recorder::default());
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -166,10 +186,17 @@ async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyho
                 } else {
                     due
                 };
-                let body = serde_json::to_vec(&json!({"id": format!("b-{n}"),
-                    "name": format!("Bench {n}"), "email": format!("b{n}@example.com")}))
-                .expect("serialisable");
-                let status = connection.post("/api/v1/customers", &headers, &body).await;
+                let status = if updates {
+                    let body = serde_json::to_vec(&json!({"name": format!("Bench {n}")}))
+                        .expect("serialisable");
+                    let path = format!("/api/v1/customers/u-{}", n % UPDATED_CUSTOMERS);
+                    connection.send("PATCH", &path, &headers, &body).await
+                } else {
+                    let body = serde_json::to_vec(&json!({"id": format!("b-{n}"),
+                        "name": format!("Bench {n}"), "email": format!("b{n}@example.com")}))
+                    .expect("serialisable");
+                    connection.post("/api/v1/customers", &headers, &body).await
+                };
                 recorder.record(matches!(status, Ok(202)), since.elapsed());
             }
         }));
@@ -179,13 +206,23 @@ async fn api(connections: usize, duration: Duration, rate: Option<u64>) -> anyho
     }
     let elapsed = started.elapsed();
     let accepted = recorder.ok();
-    let stored = stack.count("customers")? as u64;
+    // Every accepted change is a task; a create is also a customer.
     let tasks = stack.count("sync_tasks")? as u64;
+    let stored = if updates {
+        tasks
+    } else {
+        stack.count("customers")? as u64
+    };
     let memory = stack.peak_memory_kib();
     let summary = recorder.summary(elapsed);
     let mode = match rate {
         None => format!("closed loop, {connections} connections"),
         Some(r) => format!("open loop, {r}/s, {connections} connections"),
+    };
+    let mode = if updates {
+        format!("updates, {mode}")
+    } else {
+        mode
     };
     println!(
         "task API ({mode}): {:.0} accepted/s, p50 {:.2} ms, p99 {:.2} ms, errors {}, lost {}, duplicated {}, server peak RSS {} KiB",

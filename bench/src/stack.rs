@@ -153,6 +153,13 @@ impl Stack {
         Ok(self.db.count_where(table, condition))
     }
 
+    /// Runs SQL against the bench database (setting a scenario up).
+    pub fn execute(&self, sql: &str) -> anyhow::Result<()> {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(sql).execute(&mut self.db.connect())?;
+        Ok(())
+    }
+
     /// Peak resident memory of each process so far (VmHWM).
     pub fn peak_memory_kib(&self) -> BTreeMap<String, u64> {
         self.processes.peak_memory_kib()

@@ -47,10 +47,15 @@ impl Outcome {
 
     /// Try again later with the same key.
     fn retry(error: impl Into<String>) -> Self {
+        Self::retry_after(error, None, false)
+    }
+
+    /// Try again after `retry_after` (or the backoff), under a new key when `new_key`.
+    fn retry_after(error: impl Into<String>, retry_after: Option<Duration>, new_key: bool) -> Self {
         Outcome::Retry {
             error: error.into(),
-            retry_after: None,
-            new_key: false,
+            retry_after,
+            new_key,
             sent_email: None,
         }
     }
@@ -62,21 +67,11 @@ impl From<CallError> for Outcome {
             CallError::Retry {
                 message,
                 retry_after,
-            } => Outcome::Retry {
-                error: message,
-                retry_after,
-                new_key: false,
-                sent_email: None,
-            },
+            } => Outcome::retry_after(message, retry_after, false),
             CallError::Unknown {
                 message,
                 retry_after,
-            } => Outcome::Retry {
-                error: message,
-                retry_after,
-                new_key: true,
-                sent_email: None,
-            },
+            } => Outcome::retry_after(message, retry_after, true),
             CallError::Gone(message) | CallError::Permanent(message) => Outcome::Dead(message),
         }
     }
@@ -391,23 +386,24 @@ impl Call<'_> {
             None if self.deleted() && self.api.keyed_by_local_id() => Ok(None),
             None => self.api.create(&self.customer, &key).await,
         };
-        match result {
-            Ok(id) => Outcome::done(id, self.pushed),
-            Err(e) => match Outcome::from(e) {
-                Outcome::Retry {
-                    error,
-                    retry_after,
-                    new_key: true,
-                    ..
-                } if existing.is_none() => Outcome::Retry {
-                    error,
-                    retry_after,
-                    new_key: true,
-                    sent_email: Some(self.customer.email.clone()),
-                },
-                other => other,
-            },
+        let error = match result {
+            Ok(id) => return Outcome::done(id, self.pushed),
+            Err(e) => e,
+        };
+        let mut outcome = Outcome::from(error);
+        if let Outcome::Retry {
+            new_key: true,
+            sent_email,
+            ..
+        } = &mut outcome
+        {
+            // The spent key's call may have created it under this email: the reconcile
+            // of the next attempt searches it too.
+            if existing.is_none() {
+                *sent_email = Some(self.customer.email.clone());
+            }
         }
+        outcome
     }
 
     /// Pushes the current name and email.

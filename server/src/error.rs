@@ -7,6 +7,7 @@ use serde::Serialize;
 use shared::catalog::CatalogError;
 use shared::db::DbError;
 use shared::domain::ParseError;
+use shared::queue::RetryError;
 
 /// Everything a handler can answer with besides success.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,24 @@ impl From<CatalogError> for ApiError {
                 code: "customer_deleted",
                 message,
             },
+        }
+    }
+}
+
+/// The queue's refusals of a manual retry.
+impl From<RetryError> for ApiError {
+    fn from(e: RetryError) -> Self {
+        let message = e.to_string();
+        match e {
+            RetryError::NotFound(_) => ApiError::NotFound {
+                code: "task_not_found",
+                message,
+            },
+            RetryError::NotDead(..) => ApiError::Conflict {
+                code: "task_not_dead",
+                message,
+            },
+            RetryError::Db(e) => DbError::from(e).into(),
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod committers;
 pub mod error;
+pub mod listener;
 pub mod publisher;
 pub mod routes;
 pub mod startup;

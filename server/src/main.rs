@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
         }
     };
     shared::telemetry::init(settings.common.log_format, "info,actix_server=warn");
-    server::startup::ensure_file_descriptors(settings.http_max_connections);
+    server::listener::ensure_file_descriptors(settings.http_max_connections);
     if settings.api_token.is_none() {
         tracing::warn!("running with --insecure-no-auth: every caller is trusted");
     }

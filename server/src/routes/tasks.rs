@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use shared::db::tasks::{self, TaskFilter};
 use shared::domain::{CustomerId, Provider, TaskId, TaskStatus};
-use shared::queue::{self, RetryError};
+use shared::queue;
 
 use super::{optional, page_limit, TaskResponse};
 use crate::error::ApiError;
@@ -53,10 +53,7 @@ fn parse_task_id(id: &str) -> Result<TaskId, ApiError> {
 }
 
 fn not_found(id: TaskId) -> ApiError {
-    ApiError::NotFound {
-        code: "task_not_found",
-        message: format!("no task with id '{id}'"),
-    }
+    queue::RetryError::NotFound(id).into()
 }
 
 /// One task.
@@ -111,20 +108,9 @@ pub async fn retry(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_task_id(&path)?;
-    let retried = state
+    let task = state
         .db(move |conn| Ok(queue::retry_dead(conn, id)))
-        .await?;
-    let task = match retried {
-        Ok(task) => task,
-        Err(RetryError::NotFound(id)) => return Err(not_found(id)),
-        Err(e @ RetryError::NotDead(..)) => {
-            return Err(ApiError::Conflict {
-                code: "task_not_dead",
-                message: e.to_string(),
-            })
-        }
-        Err(RetryError::Db(e)) => return Err(shared::db::DbError::from(e).into()),
-    };
+        .await??;
     state.publish(std::slice::from_ref(&task));
     Ok(HttpResponse::Ok().json(TaskResponse::from(task)))
 }
