@@ -17,7 +17,8 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::form::Params;
 use crate::routes::Route;
-use crate::store::{new_id, Cause, Store, API_VERSION};
+use crate::store::{new_id, Cause, Store};
+use shared::stripe::API_VERSION;
 
 /// One API request as the sandbox answered it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,8 +27,6 @@ use rand::SeedableRng;
 
 pub use api::RequestRecord;
 pub use config::{random_webhook_secret, Cli, SandboxConfig};
-pub use store::API_VERSION;
-pub use webhooks::signature_header;
 
 use api::{Knobs, Shared};
 use error::ApiError;

@@ -8,9 +8,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::webhooks::Outbox;
-
-/// The API version events are rendered with (the SDK's pinned one; Stripe uses the account's).
-pub use shared::stripe::API_VERSION;
+// Events are rendered with the API version our client pins (Stripe uses the account's).
+use shared::stripe::API_VERSION;
 
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 

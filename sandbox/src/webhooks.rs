@@ -23,9 +23,6 @@ const SHUFFLE_WINDOW: usize = 8;
 /// How long a shuffle window waits to fill.
 const SHUFFLE_WAIT: Duration = Duration::from_millis(30);
 
-/// `t=<unix>,v1=<hex>`: HMAC-SHA256 over `t.body`, keyed with the whole `whsec_` string.
-pub use shared::stripe::signature::sign as signature_header;
-
 /// One delivery of one event.
 #[derive(Debug)]
 pub struct Delivery {
@@ -167,7 +164,8 @@ impl Deliverer {
     /// One POST; true on a 2xx.
     async fn attempt(&self, client: &reqwest::Client, delivery: &Delivery) -> bool {
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = signature_header(&self.secret, timestamp, &delivery.body);
+        // Signed as Stripe signs: the scheme the server verifies, from the one Stripe module.
+        let signature = shared::stripe::signature::sign(&self.secret, timestamp, &delivery.body);
         let result = client
             .post(&self.url)
             .header("content-type", "application/json; charset=utf-8")

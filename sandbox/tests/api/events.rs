@@ -1,5 +1,6 @@
-use sandbox::{SandboxConfig, API_VERSION};
+use sandbox::SandboxConfig;
 use serde_json::json;
+use shared::stripe::API_VERSION;
 
 use crate::helpers::{fixture, keys, start};
 
