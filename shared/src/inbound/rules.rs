@@ -25,13 +25,6 @@ pub enum Verdict {
     Apply,
 }
 
-impl Verdict {
-    /// Whether the event's remote state is recorded on the link (all but stale and tie).
-    pub fn remembers(self) -> bool {
-        !matches!(self, Verdict::Stale | Verdict::Tie)
-    }
-}
-
 /// Decides an event about a linked customer, on its locked rows. `current` (the customer
 /// as Stripe holds it now, read to settle a tie) skips the ordering checks.
 pub fn verdict(
@@ -220,8 +213,6 @@ mod tests {
             decide(&customer(3, "Mine", "a@x.io", false), &l, &e, false),
             Verdict::OlderThanLocal
         );
-        assert!(!Verdict::Tie.remembers() && !Verdict::Stale.remembers());
-        assert!(Verdict::OlderThanLocal.remembers());
     }
 
     #[test]
