@@ -62,7 +62,6 @@ pub async fn stripe(
     state: web::Data<AppState>,
     hooks: web::Data<WebhookSettings>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload).await?;
     let invalid = |e: SignatureError| {
         tracing::warn!(reason = %e, "webhook refused");
         ApiError::BadRequest {
@@ -70,6 +69,8 @@ pub async fn stripe(
             message: e.to_string(),
         }
     };
+    // The cheap checks first: a delivery without a well-formed signature header is
+    // answered before its body is read.
     let header = req
         .headers()
         .get("stripe-signature")
@@ -80,6 +81,7 @@ pub async fn stripe(
         })
         .and_then(SignatureHeader::parse)
         .map_err(invalid)?;
+    let body = read_body(&req, payload).await?;
     let now = chrono::Utc::now().timestamp();
     signature::verify(&header, &body, &hooks.secrets, hooks.tolerance_secs, now)
         .map_err(invalid)?;

@@ -194,6 +194,49 @@ async fn a_body_over_one_mebibyte_is_a_413() {
 }
 
 #[tokio::test]
+async fn a_signature_flood_of_thousands_of_entries_is_refused_as_malformed() {
+    let app = app().await;
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000 * 1000));
+    let good = sign(SECRET, now(), body.as_bytes());
+    let flood = format!(
+        "{},{good}",
+        vec![format!("v1={}", "0".repeat(64)); 1800].join(",")
+    );
+    let response = deliver_raw(&app, body.as_bytes(), Some(&flood)).await;
+    assert_eq!(response.status(), 400);
+    let message = error_message(response).await;
+    assert!(message.contains("longer than 4096 bytes"), "{message}");
+    assert_eq!(events_stored(&app), 0);
+}
+
+/// The error's message.
+async fn error_message(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_delivery_without_a_signature_is_answered_without_reading_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    // A head announcing a mebibyte, and no body: the answer must not wait for it.
+    let head = "POST /api/v1/endpoint/stripe HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("answered before the body arrived")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_signature"), "{answer}");
+    assert_eq!(events_stored(&app), 0);
+}
+
+#[tokio::test]
 async fn a_signed_body_that_is_not_an_event_is_a_400() {
     let app = app().await;
     for body in [

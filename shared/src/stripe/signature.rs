@@ -4,6 +4,7 @@
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 /// A parsed `Stripe-Signature` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +32,24 @@ pub enum SignatureError {
     NoSecret,
 }
 
+/// The longest `Stripe-Signature` header read. Stripe's carries a timestamp and one `v1`
+/// per active secret (two while one rolls), some 150 bytes each.
+pub const MAX_HEADER_LEN: usize = 4096;
+
+/// The most `v1` entries read from one header.
+pub const MAX_SIGNATURES: usize = 16;
+
 impl SignatureHeader {
-    /// Parses the header as Stripe's SDKs do: split on `,` then `=`, no trimming, lowercase hex.
+    /// Parses the header as Stripe's SDKs do: split on `,` then `=`, no trimming, lowercase
+    /// hex. A header over [`MAX_HEADER_LEN`] or with more than [`MAX_SIGNATURES`] `v1`
+    /// entries is refused before any of it is checked.
     pub fn parse(header: &str) -> Result<Self, SignatureError> {
+        if header.len() > MAX_HEADER_LEN {
+            return Err(SignatureError::Malformed("longer than 4096 bytes"));
+        }
         let mut timestamp = None;
         let mut v1 = Vec::new();
-        let mut saw_v1 = false;
+        let mut entries = 0;
         for item in header.split(',') {
             let Some((key, value)) = item.split_once('=') else {
                 continue;
@@ -50,7 +63,10 @@ impl SignatureHeader {
                     );
                 }
                 "v1" => {
-                    saw_v1 = true;
+                    entries += 1;
+                    if entries > MAX_SIGNATURES {
+                        return Err(SignatureError::Malformed("more than 16 v1 signatures"));
+                    }
                     // Stripe writes lowercase hex; anything else can never match.
                     if value.len() == 64
                         && value
@@ -67,7 +83,7 @@ impl SignatureHeader {
             }
         }
         let timestamp = timestamp.ok_or(SignatureError::Malformed("no timestamp"))?;
-        if !saw_v1 {
+        if entries == 0 {
             return Err(SignatureError::NoV1);
         }
         Ok(Self { timestamp, v1 })
@@ -85,16 +101,14 @@ pub fn verify(
     if secrets.is_empty() {
         return Err(SignatureError::NoSecret);
     }
+    // One HMAC over the body per secret, whatever the header holds; each entry is then
+    // compared with it in constant time.
     let matched = secrets.iter().any(|secret| {
-        header.v1.iter().any(|signature| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-                .expect("HMAC takes keys of any length");
-            mac.update(header.timestamp.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            // verify_slice compares in constant time.
-            mac.verify_slice(signature).is_ok()
-        })
+        let expected = mac(secret.expose_secret(), header.timestamp, body);
+        header
+            .v1
+            .iter()
+            .any(|signature| bool::from(expected.ct_eq(signature)))
     });
     if !matched {
         return Err(SignatureError::Mismatch);
@@ -105,15 +119,20 @@ pub fn verify(
     Ok(())
 }
 
-/// Signs a payload as Stripe does: the sandbox's deliveries, the tests and the benchmark.
-pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
+/// HMAC-SHA256 over `<timestamp>.<body>` keyed with the whole secret.
+fn mac(secret: &str, timestamp: i64, body: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
+    mac.finalize().into_bytes().into()
+}
+
+/// Signs a payload as Stripe does: the sandbox's deliveries, the tests and the benchmark.
+pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!(
         "t={timestamp},v1={}",
-        hex::encode(mac.finalize().into_bytes())
+        hex::encode(mac(secret, timestamp, body))
     )
 }
 
@@ -206,6 +225,37 @@ mod tests {
         assert_eq!(
             verify(&parsed, body, &secrets(&[SECRET]), 300, 1000),
             Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn headers_past_the_bounds_are_refused_before_any_hmac() {
+        let body = b"{}";
+        let good = sign(SECRET, 1000, body);
+        let v1 = good.split("v1=").nth(1).unwrap();
+        let many = |n: usize| {
+            let entries = vec![format!("v1={}", "0".repeat(64)); n].join(",");
+            format!("t=1000,{entries},v1={v1}")
+        };
+        // Within the bound, the right signature among wrong ones still matches.
+        let within = SignatureHeader::parse(&many(MAX_SIGNATURES - 1)).unwrap();
+        assert_eq!(
+            verify(&within, body, &secrets(&[SECRET]), 300, 1000),
+            Ok(())
+        );
+        // Thousands of entries (as a flood would send) are refused as malformed.
+        assert_eq!(
+            SignatureHeader::parse(&many(1800)),
+            Err(SignatureError::Malformed("longer than 4096 bytes"))
+        );
+        assert_eq!(
+            SignatureHeader::parse(&many(MAX_SIGNATURES)),
+            Err(SignatureError::Malformed("more than 16 v1 signatures"))
+        );
+        let short = format!("t=1000,{}", vec!["v1=ab"; 40].join(","));
+        assert_eq!(
+            SignatureHeader::parse(&short),
+            Err(SignatureError::Malformed("more than 16 v1 signatures"))
         );
     }
 
