@@ -160,16 +160,14 @@ fn create_run(
         .filter(|(new, _)| seen.insert(&new.id))
         .collect();
     let mut created = insert_with_tasks(conn, &first, providers)?;
-    creates
+    Ok(creates
         .iter()
         .map(|(new, _)| match created.remove(&new.id) {
-            Some(change) => Ok(Ok(change)),
-            None => match existing_create(conn, new) {
-                Err(CatalogError::Db(e)) => Err(e),
-                answer => Ok(answer),
-            },
+            Some(change) => Ok(change),
+            // The insert has committed: a failed lookup answers this item alone.
+            None => existing_create(conn, new),
         })
-        .collect()
+        .collect())
 }
 
 /// The answer to a create whose id is taken: a no-op for the same fields, else a conflict.
