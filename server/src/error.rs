@@ -1,5 +1,6 @@
 //! The API's errors and their JSON shape: `{"error": {"code", "message", "field"?}}`.
 
+use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -27,6 +28,9 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within `HTTP_BODY_TIMEOUT_SECS`.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The body is not JSON.
     #[error("content type must be application/json")]
     UnsupportedMediaType,
@@ -68,6 +72,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound { code, .. }
             | ApiError::Conflict { code, .. }
@@ -101,6 +106,7 @@ impl ResponseError for ApiError {
             | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -132,6 +138,17 @@ impl ResponseError for ApiError {
                 field,
             },
         })
+    }
+}
+
+impl From<PayloadError> for ApiError {
+    fn from(e: PayloadError) -> Self {
+        match e {
+            PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                ApiError::RequestTimeout(format!("request {io}"))
+            }
+            other => ApiError::MalformedJson(format!("could not read the body: {other}")),
+        }
     }
 }
 

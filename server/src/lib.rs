@@ -1,9 +1,12 @@
 //! customer-sync's HTTP server: the customer and task API, the Stripe webhook, the ZeroMQ publisher.
 
 pub mod auth;
+pub mod client_ip;
 pub mod committers;
+pub mod deadline;
 pub mod error;
 pub mod listener;
+pub mod probe;
 pub mod publisher;
 pub mod routes;
 pub mod startup;

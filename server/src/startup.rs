@@ -13,8 +13,11 @@ use shared::domain::Provider;
 use tracing_actix_web::{RequestId, TracingLogger};
 
 use crate::auth::ApiToken;
+use crate::client_ip::{self, TrustedProxies};
 use crate::committers;
+use crate::deadline::{self, BodyDeadline};
 use crate::listener::listen;
+use crate::probe::DatabaseProbe;
 use crate::publisher::Publisher;
 use crate::routes::{self, webhook::WebhookSettings};
 
@@ -94,7 +97,9 @@ impl Application {
                 settings.common.enabled_providers(),
             ),
         });
-        let pool = web::Data::new(pool);
+        let probe = web::Data::from(DatabaseProbe::start(&settings.common.database_url));
+        let body_deadline = web::Data::new(BodyDeadline(settings.http_body_timeout));
+        let proxies = web::Data::new(TrustedProxies(settings.http_trusted_proxies.clone()));
         let token = web::Data::new(ApiToken::new(settings.api_token.as_ref()));
         if settings.webhook_secrets.is_empty() {
             tracing::warn!(
@@ -117,10 +122,14 @@ impl Application {
             .min(settings.http_max_connections);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(middleware::from_fn(deadline::limit_body_time))
                 .wrap(middleware::from_fn(echo_request_id))
                 .wrap(TracingLogger::default())
+                .wrap(middleware::from_fn(client_ip::resolve))
                 .app_data(state.clone())
-                .app_data(pool.clone())
+                .app_data(probe.clone())
+                .app_data(body_deadline.clone())
+                .app_data(proxies.clone())
                 .app_data(token.clone())
                 .app_data(hooks.clone())
                 .app_data(routes::json_config())

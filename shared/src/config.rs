@@ -330,6 +330,14 @@ pub struct ServerArgs {
     /// queue until one closes (bounds memory under a connection storm)
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value = "2048")]
     pub http_max_connections: String,
+    /// Seconds a whole request body may take to arrive once its head has; a slower
+    /// body is cut with 408 and its connection closed
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_SECS", default_value = "10")]
+    pub http_body_timeout_secs: String,
+    /// Proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed when
+    /// logging a client's address; from anyone else the header is ignored
+    #[arg(long, env = "HTTP_TRUSTED_PROXIES", default_value = "")]
+    pub http_trusted_proxies: String,
 }
 
 /// Validated server settings.
@@ -347,6 +355,10 @@ pub struct ServerSettings {
     pub webhook_tolerance: Duration,
     /// Open HTTP connections served at once.
     pub http_max_connections: usize,
+    /// How long a whole request body may take to arrive.
+    pub http_body_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub http_trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -358,6 +370,8 @@ impl std::fmt::Debug for ServerSettings {
             .field("webhook_secrets", &self.webhook_secrets.len())
             .field("webhook_tolerance", &self.webhook_tolerance)
             .field("http_max_connections", &self.http_max_connections)
+            .field("http_body_timeout", &self.http_body_timeout)
+            .field("http_trusted_proxies", &self.http_trusted_proxies)
             .finish()
     }
 }
@@ -367,7 +381,7 @@ impl TryFrom<ServerArgs> for ServerSettings {
 
     fn try_from(args: ServerArgs) -> Result<Self, SettingsError> {
         let common = CommonSettings::try_from(args.common)?;
-        let http_bind = args.http_bind.trim().parse().map_err(|_| {
+        let http_bind: SocketAddr = args.http_bind.trim().parse().map_err(|_| {
             SettingsError::new(
                 "HTTP_BIND",
                 format!("'{}' is not an address like 127.0.0.1:8000", args.http_bind),
@@ -383,7 +397,16 @@ impl TryFrom<ServerArgs> for ServerSettings {
                 }
                 Some(SecretString::from(token))
             }
-            (None, true) => None,
+            (None, true) if http_bind.ip().is_loopback() => None,
+            (None, true) => {
+                return Err(SettingsError::new(
+                    "HTTP_BIND",
+                    format!(
+                        "is {http_bind}, but --insecure-no-auth is only allowed on a loopback \
+                         address (127.0.0.1 or [::1]); set API_TOKEN to listen there"
+                    ),
+                ))
+            }
             (None, false) => {
                 return Err(SettingsError::new(
                     "API_TOKEN",
@@ -426,6 +449,28 @@ impl TryFrom<ServerArgs> for ServerSettings {
             1,
             100_000,
         )? as usize;
+        let http_body_timeout = Duration::from_secs(number(
+            &args.http_body_timeout_secs,
+            "HTTP_BODY_TIMEOUT_SECS",
+            1,
+            3_600,
+        )?);
+        let http_trusted_proxies = args
+            .http_trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        SettingsError::new(
+                            "HTTP_TRUSTED_PROXIES",
+                            format!("'{p}' is not an IP address or a CIDR like 10.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             common,
             http_bind,
@@ -433,6 +478,8 @@ impl TryFrom<ServerArgs> for ServerSettings {
             webhook_secrets,
             webhook_tolerance,
             http_max_connections,
+            http_body_timeout,
+            http_trusted_proxies,
         })
     }
 }
@@ -595,8 +642,33 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-/// The URL with any password replaced, fit for a log line.
+/// The URL with any password replaced, fit for a log line: in the user information and
+/// in the `password` and `sslpassword` query parameters libpq also accepts.
 pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = redact_userinfo(base);
+    let Some(query) = query else {
+        return base;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_password(key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+fn is_password(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key == "password" || key == "sslpassword"
+}
+
+fn redact_userinfo(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
             Some((userinfo, host)) => {
@@ -632,6 +704,14 @@ mod tests {
         assert_eq!(
             redact_url(url),
             "postgres://u:***@h:5432/app?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/app?sslmode=require&password=pw&PassWord=x&sslpassword=k"),
+            "postgres://u@h/app?sslmode=require&password=***&PassWord=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:a%40b@h/app?password"),
+            "postgres://u:***@h/app?password"
         );
         assert!(database_name("postgres://h:5432/").is_err());
         assert!(database_name("postgres://h/a;drop").is_err());

@@ -46,6 +46,7 @@ pub fn json_config() -> web::JsonConfig {
                     ApiError::PayloadTooLarge(JSON_LIMIT)
                 }
                 JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+                JsonPayloadError::Payload(e) => ApiError::from(e),
                 JsonPayloadError::Deserialize(e) if e.is_data() => {
                     ApiError::MalformedJson(format!("body does not match the expected fields: {e}"))
                 }

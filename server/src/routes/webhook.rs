@@ -44,8 +44,7 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::MalformedJson(format!("could not read the body: {e}")))?;
+        let chunk = chunk?;
         if body.len() + chunk.len() > WEBHOOK_LIMIT {
             return Err(ApiError::PayloadTooLarge(WEBHOOK_LIMIT));
         }

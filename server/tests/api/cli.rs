@@ -26,6 +26,32 @@ fn a_missing_api_token_stops_the_server_naming_the_variable() {
 }
 
 #[test]
+fn insecure_no_auth_is_refused_on_any_address_but_loopback() {
+    for bind in ["0.0.0.0:8000", "[::]:8000", "10.1.2.3:8000"] {
+        let stderr = refused(
+            server()
+                .env("HTTP_BIND", bind)
+                .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+                .arg("--insecure-no-auth"),
+        );
+        assert!(
+            stderr.contains("HTTP_BIND") && stderr.contains("loopback"),
+            "{bind}: {stderr}"
+        );
+    }
+    // On loopback it gets past its settings (and stops at the closed database port).
+    let output = server()
+        .env("HTTP_BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .arg("--insecure-no-auth")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("loopback"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+}
+
+#[test]
 fn bad_settings_stop_the_server_naming_the_variable() {
     let token = ("API_TOKEN", "0123456789abcdef0123");
     for (variable, value) in [
@@ -37,6 +63,9 @@ fn bad_settings_stop_the_server_naming_the_variable() {
         ("STRIPE_WEBHOOK_TOLERANCE_SECS", "-5"),
         ("HTTP_MAX_CONNECTIONS", "0"),
         ("HTTP_MAX_CONNECTIONS", "lots"),
+        ("HTTP_BODY_TIMEOUT_SECS", "0"),
+        ("HTTP_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("HTTP_TRUSTED_PROXIES", "the-load-balancer"),
         ("LOG_FORMAT", "xml"),
         ("API_TOKEN", "xq7z"),
         ("SALESFORCE_CLIENT_ID", "only-one-of-three"),
@@ -74,6 +103,8 @@ fn help_lists_every_setting_with_its_variable() {
         "STRIPE_WEBHOOK_SECRET",
         "STRIPE_WEBHOOK_TOLERANCE_SECS",
         "HTTP_MAX_CONNECTIONS",
+        "HTTP_BODY_TIMEOUT_SECS",
+        "HTTP_TRUSTED_PROXIES",
         "LOG_FORMAT",
         "--insecure-no-auth",
     ] {

@@ -26,13 +26,16 @@ async fn health_answers_503_when_the_database_is_gone() {
     diesel::sql_query(format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .unwrap();
-    let response = app
-        .client
-        .get(format!("{}/api/v1/health", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
+    // Health answers from a probe that runs every 250 ms (hostile.rs times the turn).
+    let response = shared::testing::eventually(
+        "health to turn 503",
+        std::time::Duration::from_secs(5),
+        || async {
+            let response = app.get("/api/v1/health").await;
+            (response.status() == 503).then_some(response)
+        },
+    )
+    .await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["database"], "unreachable");
 }

@@ -6,6 +6,7 @@ mod connections;
 mod customers;
 mod errors;
 mod helpers;
+mod hostile;
 mod inward;
 mod tasks;
 mod webhook;

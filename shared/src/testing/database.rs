@@ -45,6 +45,11 @@ impl TestDatabase {
         }
     }
 
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A new connection to it.
     pub fn connect(&self) -> PgConnection {
         PgConnection::establish(&self.url).expect("connecting to the test database")

@@ -45,6 +45,8 @@ pub fn server(common: CommonSettings, secrets: &[&str]) -> ServerSettings {
         webhook_secrets: secrets.iter().map(|s| s.to_string().into()).collect(),
         webhook_tolerance: Duration::from_secs(300),
         http_max_connections: 2048,
+        http_body_timeout: Duration::from_secs(10),
+        http_trusted_proxies: Vec::new(),
     }
 }
 
