@@ -41,11 +41,10 @@ impl Consumer {
         );
         let mut loops = Vec::new();
         for endpoint in &settings.common.zmq_endpoints {
-            loops.push(tokio::spawn(subscriber::subscribe(
-                endpoint.clone(),
-                doorbells.clone(),
-                stop.clone(),
-            )));
+            let (endpoint, doorbells, stop) = (endpoint.clone(), doorbells.clone(), stop.clone());
+            loops.push(tokio::task::spawn_blocking(move || {
+                subscriber::subscribe(endpoint, doorbells, stop)
+            }));
         }
         for (provider, bell) in doorbells.iter() {
             loops.push(tokio::spawn(worker.clone().claim_loop(

@@ -1,64 +1,126 @@
-//! The ZeroMQ SUB side: one socket per server endpoint, reconnecting on its own; each valid
-//! envelope rings the doorbell of its provider's claim loop.
+//! The ZeroMQ SUB side, on libzmq: one socket per server endpoint; each valid envelope
+//! rings the doorbell of its provider's claim loop.
+//!
+//! The socket is held to bounds, whatever the peer at the endpoint sends: a message
+//! longer than [`MAX_MESSAGE`] closes the connection, at most [`QUEUE`] messages wait to
+//! be read, and a peer that stops answering heartbeats is dropped. libzmq gives up on an
+//! endpoint whose peer broke the protocol, so on any disconnection the socket is opened
+//! afresh, after a pause that doubles (to [`RETRY_MAX`]) while connections keep failing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shared::domain::Provider;
 use shared::messaging::Envelope;
 use tokio::sync::{watch, Notify};
-use zeromq::{Socket, SocketRecv};
 
-/// Subscribes to `providers`' topics at `endpoint` until `shutdown` turns true.
-pub async fn subscribe(
+/// The longest message accepted: the envelope is a few hundred bytes.
+const MAX_MESSAGE: i64 = 16 * 1024;
+/// Messages waiting to be read; more are dropped (the sweep covers them).
+const QUEUE: i32 = 10_000;
+/// How often the thread looks at `shutdown` while the socket is quiet.
+const POLL_MS: i64 = 100;
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A connection that lasted this long was a good one: the pause starts over.
+const STABLE: Duration = Duration::from_secs(10);
+const MONITOR: &str = "inproc://subscription";
+
+/// Subscribes to `providers`' topics at `endpoint` until `shutdown` turns true; blocks,
+/// so run it on a thread of its own.
+pub fn subscribe(
     endpoint: String,
     doorbells: Arc<HashMap<Provider, Arc<Notify>>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut retry = Duration::from_millis(100);
+    let mut retry = RETRY_MIN;
     while !*shutdown.borrow() {
-        let mut socket = zeromq::SubSocket::new();
-        let connected = tokio::select! {
-            result = socket.connect(&endpoint) => result,
-            _ = shutdown.changed() => return,
-        };
-        if let Err(e) = connected {
-            tracing::debug!(%endpoint, error = %e, "ZeroMQ connect failed; retrying (the sweep covers the gap)");
-            tokio::select! {
-                _ = tokio::time::sleep(retry) => {}
-                _ = shutdown.changed() => return,
+        let context = zmq::Context::new();
+        let opened = Instant::now();
+        match open(&context, &endpoint, &doorbells) {
+            Ok(subscription) => {
+                tracing::debug!(%endpoint, "subscribing to ZeroMQ topics");
+                listen(&subscription, &doorbells, &shutdown);
+                if *shutdown.borrow() {
+                    return;
+                }
+                tracing::info!(%endpoint, "ZeroMQ connection lost; subscribing again (the sweep covers the gap)");
             }
-            retry = (retry * 2).min(Duration::from_secs(5));
+            // Settings validated the endpoint; the sweep still finds every task.
+            Err(e) => tracing::error!(%endpoint, error = %e, "cannot subscribe"),
+        }
+        if opened.elapsed() >= STABLE {
+            retry = RETRY_MIN;
+        }
+        let resume = Instant::now() + retry;
+        while Instant::now() < resume && !*shutdown.borrow() {
+            std::thread::sleep(Duration::from_millis(POLL_MS as u64).min(retry));
+        }
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+/// A SUB socket and the monitor that reports its disconnection.
+struct Subscription {
+    socket: zmq::Socket,
+    monitor: zmq::Socket,
+}
+
+fn open(
+    context: &zmq::Context,
+    endpoint: &str,
+    doorbells: &HashMap<Provider, Arc<Notify>>,
+) -> Result<Subscription, zmq::Error> {
+    let socket = context.socket(zmq::SUB)?;
+    socket.set_linger(0)?;
+    socket.set_maxmsgsize(MAX_MESSAGE)?;
+    socket.set_rcvhwm(QUEUE)?;
+    socket.set_reconnect_ivl(RETRY_MIN.as_millis() as i32)?;
+    socket.set_reconnect_ivl_max(RETRY_MAX.as_millis() as i32)?;
+    socket.set_handshake_ivl(5_000)?;
+    socket.set_heartbeat_ivl(5_000)?;
+    socket.set_heartbeat_timeout(15_000)?;
+    for provider in doorbells.keys() {
+        socket.set_subscribe(provider.as_str().as_bytes())?;
+    }
+    socket.monitor(MONITOR, zmq::SocketEvent::DISCONNECTED as i32)?;
+    let monitor = context.socket(zmq::PAIR)?;
+    monitor.connect(MONITOR)?;
+    socket.connect(endpoint)?;
+    Ok(Subscription { socket, monitor })
+}
+
+/// Rings doorbells until the connection is lost or `shutdown` turns true.
+fn listen(
+    subscription: &Subscription,
+    doorbells: &HashMap<Provider, Arc<Notify>>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    while !*shutdown.borrow() {
+        let mut items = [
+            subscription.socket.as_poll_item(zmq::POLLIN),
+            subscription.monitor.as_poll_item(zmq::POLLIN),
+        ];
+        if let Err(e) = zmq::poll(&mut items, POLL_MS) {
+            tracing::warn!(error = %e, "ZeroMQ poll failed");
             continue;
         }
-        retry = Duration::from_millis(100);
-        for provider in doorbells.keys() {
-            if let Err(e) = socket.subscribe(provider.as_str()).await {
-                tracing::warn!(%endpoint, error = %e, "ZeroMQ subscribe failed");
+        let (message, lost) = (items[0].is_readable(), items[1].is_readable());
+        if message {
+            while let Ok(frames) = subscription.socket.recv_multipart(zmq::DONTWAIT) {
+                ring(doorbells, &frames);
             }
         }
-        tracing::info!(%endpoint, "subscribed to ZeroMQ topics");
-        loop {
-            let message = tokio::select! {
-                message = socket.recv() => message,
-                _ = shutdown.changed() => return,
-            };
-            match message {
-                Ok(message) => ring(&doorbells, &message),
-                Err(e) => {
-                    tracing::warn!(%endpoint, error = %e, "ZeroMQ receive failed; reconnecting");
-                    break;
-                }
-            }
+        if lost {
+            return;
         }
     }
 }
 
 /// Checks a message's two frames and wakes the topic's claim loop; anything else is logged and skipped.
-fn ring(doorbells: &HashMap<Provider, Arc<Notify>>, message: &zeromq::ZmqMessage) {
-    let frames: Vec<&[u8]> = message.iter().map(|f| f.as_ref()).collect();
-    let [topic, envelope] = frames.as_slice() else {
+fn ring(doorbells: &HashMap<Provider, Arc<Notify>>, frames: &[Vec<u8>]) {
+    let [topic, envelope] = frames else {
         tracing::warn!(
             frames = frames.len(),
             "skipping a ZeroMQ message without exactly two frames"

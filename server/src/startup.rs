@@ -18,7 +18,7 @@ use crate::committers;
 use crate::deadline::{self, BodyDeadline};
 use crate::listener::listen;
 use crate::probe::DatabaseProbe;
-use crate::publisher::Publisher;
+use crate::publisher::{Limits, Publisher};
 use crate::routes::{self, webhook::WebhookSettings};
 
 /// actix refuses more HTTP workers than this.
@@ -82,7 +82,8 @@ impl Application {
         let pool = tokio::task::spawn_blocking(move || db::connect(&url, 32))
             .await
             .context("database set-up task")??;
-        let (publisher, zmq_endpoint) = Publisher::bind(&settings.common.zmq_endpoints[0]).await?;
+        let (publisher, zmq_endpoint) =
+            Publisher::bind(&settings.common.zmq_endpoints[0], Limits::default())?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool: pool.clone(),

@@ -1,9 +1,11 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sandbox::SandboxConfig;
 use serde_json::json;
 
-use crate::helpers::stack;
+use crate::helpers::{stack, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_update_and_delete_reach_stripe_with_fields_metadata_and_links() {
@@ -216,10 +218,11 @@ async fn a_stripe_400_kills_the_task_at_once_and_a_retry_after_the_fix_succeeds(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_messages_on_the_topic_are_skipped_without_crashing_the_consumer() {
-    use zeromq::{Socket, SocketSend, ZmqMessage};
     let stack = stack(SandboxConfig::default()).await;
-    let mut rogue = zeromq::PubSocket::new();
-    let rogue_endpoint = rogue.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let context = zmq::Context::new();
+    let rogue = context.socket(zmq::PUB).unwrap();
+    rogue.bind("tcp://127.0.0.1:0").unwrap();
+    let rogue_endpoint = rogue.get_last_endpoint().unwrap().unwrap();
     let mut child = stack.consumer_process(&[(
         "ZMQ_PUB_ENDPOINT",
         &format!("{rogue_endpoint},{}", stack.zmq_endpoint),
@@ -235,11 +238,7 @@ async fn malformed_messages_on_the_topic_are_skipped_without_crashing_the_consum
     // Keep sending until the subscription is surely up (ZeroMQ drops before that).
     for _ in 0..20 {
         for frames in &garbage {
-            let mut message = ZmqMessage::from(frames[0].to_vec());
-            for frame in &frames[1..] {
-                message.push_back(frame.to_vec().into());
-            }
-            rogue.send(message).await.unwrap();
+            rogue.send_multipart(frames, 0).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -249,6 +248,85 @@ async fn malformed_messages_on_the_topic_are_skipped_without_crashing_the_consum
         child.try_wait().unwrap().is_none(),
         "the consumer is still running"
     );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A "server" that answers every connection with a PUB handshake and then a frame
+/// announcing 2^44 bytes; returns its endpoint and how many connections it attacked.
+async fn hostile_publisher() -> (String, Arc<AtomicUsize>) {
+    use shared::testing::zmtp;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
+    let attacked = Arc::new(AtomicUsize::new(0));
+    let count = attacked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let attack = [
+                    zmtp::greeting("NULL", true),
+                    zmtp::ready("PUB"),
+                    zmtp::long_frame(1 << 44),
+                    vec![0; 1024],
+                ]
+                .concat();
+                if stream.write_all(&attack).await.is_ok() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (endpoint, attacked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_publisher_cannot_stop_a_consumer_hearing_the_real_one() {
+    let stack = stack(SandboxConfig::default()).await;
+    let (hostile, attacked) = hostile_publisher().await;
+    // The sweep is ten minutes apart: only a doorbell from the real server gets a task
+    // done within the deadlines below.
+    let mut child = stack.consumer_process(&[
+        (
+            "ZMQ_PUB_ENDPOINT",
+            &format!("{hostile},{}", stack.zmq_endpoint),
+        ),
+        ("CONSUMER_SWEEP_INTERVAL_MS", "600000"),
+    ]);
+    shared::testing::eventually("the consumer to be attacked twice", WAIT, || async {
+        (attacked.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    // A doorbell rung before the subscription is up is lost (ZeroMQ's slow joiner): ring
+    // until one is heard.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut created: i64 = 0;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no doorbell was heard"
+        );
+        created += 1;
+        stack
+            .create(&format!("c-{created}"), "Ada", "ada@example.com")
+            .await;
+        let heard = tokio::time::timeout(
+            Duration::from_secs(2),
+            stack.db.wait_all_succeeded(created, WAIT),
+        )
+        .await;
+        if heard.is_ok() {
+            break;
+        }
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the consumer is still running"
+    );
+    assert!(attacked.load(Ordering::SeqCst) >= 2);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -10,3 +10,4 @@ mod hostile;
 mod inward;
 mod tasks;
 mod webhook;
+mod zeromq_peers;

@@ -11,6 +11,7 @@ mod api;
 mod database;
 pub mod processes;
 pub mod settings;
+pub mod zmtp;
 
 pub use api::{error_of, ApiClient};
 pub use database::{admin_url, TestDatabase, PRIVATE_PORT};
