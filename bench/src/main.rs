@@ -3,6 +3,7 @@
 //!
 //! Build first: `cargo build --release`, then `target/release/loadgen <scenario>`.
 
+mod attack;
 mod e2e;
 mod http;
 mod stack;
@@ -95,6 +96,9 @@ enum Scenario {
         #[arg(long, default_value = "3")]
         kill_every: u64,
     },
+    /// Hostile peers (signature floods, slow bodies, health and connection floods, ZeroMQ
+    /// garbage), each for a while, against a steady client's latency on the task API
+    Attack(attack::Settings),
 }
 
 #[tokio::main]
@@ -124,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
             customers,
             kill_every,
         } => e2e::faults(customers, Duration::from_secs(kill_every)).await,
+        Scenario::Attack(settings) => attack::run(settings).await,
     }
 }
 

@@ -18,6 +18,7 @@ pub struct Stack {
     pub webhook_secret: String,
     pub zmq_endpoint: String,
     processes: Processes,
+    server: usize,
 }
 
 /// A loopback port nobody uses right now.
@@ -104,7 +105,7 @@ impl Stack {
                 .env("STRIPE_API_BASE", base);
         }
         let mut running = Processes::default();
-        running
+        let server = running
             .spawn("server", &mut server)
             .context("starting the server")?;
         if !api.wait_healthy(Duration::from_secs(30)).await {
@@ -117,6 +118,7 @@ impl Stack {
             webhook_secret: options.webhook_secret,
             zmq_endpoint,
             processes: running,
+            server,
         })
     }
 
@@ -136,6 +138,11 @@ impl Stack {
         self.processes
             .spawn("consumer", &mut consumer)
             .context("starting a consumer")
+    }
+
+    /// How the server ended, once it has (a crash, an abort); `None` while it runs.
+    pub fn server_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.processes.exit_status(self.server)
     }
 
     /// SIGKILLs process `index` (no chance to release anything).

@@ -14,12 +14,18 @@ pub struct Summary {
     pub throughput: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub max_ms: f64,
     pub errors: u64,
 }
 
 impl Recorder {
     pub fn record(&self, ok: bool, latency: Duration) {
         self.samples.lock().unwrap().push((ok, latency));
+    }
+
+    /// Requests recorded, successful or not.
+    pub fn count(&self) -> u64 {
+        self.samples.lock().unwrap().len() as u64
     }
 
     /// Successful requests.
@@ -42,6 +48,7 @@ impl Recorder {
             throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
             p50_ms: pick(0.50),
             p99_ms: pick(0.99),
+            max_ms: pick(1.0),
             errors: samples.iter().filter(|s| !s.0).count() as u64,
         }
     }

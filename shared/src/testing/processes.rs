@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 /// A command for the binary at `path` with a clean environment (`PATH` only), run from
 /// the system temp directory with its standard output discarded.
@@ -64,6 +64,11 @@ impl Processes {
         let (_, child) = &mut self.children[index];
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// How process `index` ended, once it has; `None` while it runs.
+    pub fn exit_status(&mut self, index: usize) -> Option<ExitStatus> {
+        self.children[index].1.try_wait().ok().flatten()
     }
 
     /// Peak resident memory (VmHWM) of each running process so far, by name.
