@@ -25,6 +25,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use shared::testing::zmtp;
+
 use crate::http;
 use crate::stack::{Options, Stack};
 use crate::stats::Recorder;
@@ -597,14 +599,17 @@ async fn health(target: &Target) -> bool {
 async fn publishes(target: &Target, phase: usize) -> bool {
     let check = async {
         let mut subscriber = TcpStream::connect(&target.zmq).await?;
-        let mut hello = greeting(b"NULL").to_vec();
-        hello.extend_from_slice(&ready(b"SUB"));
-        hello.extend_from_slice(&[0x00, 0x01, 0x01]);
-        subscriber.write_all(&hello).await?;
+        subscriber.write_all(&hello("NULL")).await?;
+        answered_handshake(&mut subscriber).await?;
+        // Only the providers' topics can be subscribed (a prefix such as "" is ignored).
+        subscriber.write_all(&zmtp::subscribe(b"stripe")).await?;
         let mut connection = http::Connection::new(&target.base_url);
         let headers = [("Authorization", target.authorization.as_str())];
         let mut create = tokio::time::interval(Duration::from_millis(100));
-        let mut frames = ZmtpFrames::default();
+        let mut frames = ZmtpFrames {
+            greeted: true,
+            ..ZmtpFrames::default()
+        };
         for n in 0.. {
             tokio::select! {
                 _ = create.tick() => {
@@ -919,43 +924,34 @@ impl Garbage {
         }
     }
 
-    fn bytes(self, rng: &mut Rng, subscriptions: usize) -> Vec<u8> {
+    /// What to send before the server's handshake answer, and what after it (libzmq
+    /// refuses a peer's messages until its own READY has gone out, as ZMTP requires).
+    fn bytes(self, rng: &mut Rng, subscriptions: usize) -> (Vec<u8>, Vec<u8>) {
         match self {
             Garbage::HugeFrame => {
-                let mut bytes = greeting(b"NULL").to_vec();
-                bytes.extend_from_slice(&ready(b"SUB"));
-                bytes.push(0x02);
-                bytes.extend_from_slice(&(1u64 << 44).to_be_bytes());
-                bytes.extend((0..65_536).map(|_| rng.next() as u8));
-                bytes
+                let mut frame = zmtp::long_frame(1 << 44);
+                frame.extend((0..65_536).map(|_| rng.next() as u8));
+                (hello("NULL"), frame)
             }
             Garbage::TruncatedGreeting => {
                 let cut = 1 + rng.below(GREETING_LEN as u64 - 1) as usize;
-                greeting(b"NULL")[..cut].to_vec()
+                (zmtp::greeting("NULL", false)[..cut].to_vec(), Vec::new())
             }
             Garbage::RandomBytes => {
                 let len = 1 + rng.below(4096) as usize;
-                (0..len).map(|_| rng.next() as u8).collect()
+                ((0..len).map(|_| rng.next() as u8).collect(), Vec::new())
             }
-            Garbage::WrongMechanism => {
-                let mechanism: &[u8] = if rng.below(2) == 0 {
-                    b"CURVE"
-                } else {
-                    b"PLAIN"
-                };
-                let mut bytes = greeting(mechanism).to_vec();
-                bytes.extend_from_slice(&ready(b"SUB"));
-                bytes
-            }
+            Garbage::WrongMechanism => (
+                hello(if rng.below(2) == 0 { "CURVE" } else { "PLAIN" }),
+                Vec::new(),
+            ),
             Garbage::Subscriptions => {
-                let mut bytes = greeting(b"NULL").to_vec();
-                bytes.extend_from_slice(&ready(b"SUB"));
+                let mut bytes = Vec::new();
                 for _ in 0..subscriptions {
-                    let topic = 1 + rng.below(64) as usize;
-                    bytes.extend_from_slice(&[0x00, topic as u8 + 1, 0x01]);
-                    bytes.extend((0..topic).map(|_| rng.next() as u8));
+                    let topic: Vec<u8> = (0..1 + rng.below(64)).map(|_| rng.next() as u8).collect();
+                    bytes.extend(zmtp::subscribe(&topic));
                 }
-                bytes
+                (hello("NULL"), bytes)
             }
         }
     }
@@ -973,11 +969,25 @@ async fn zmq_garbage(
 ) {
     for round in first.. {
         let kind = Garbage::ALL[round % Garbage::ALL.len()];
-        let bytes = kind.bytes(&mut rng, subscriptions);
+        let (first, then) = kind.bytes(&mut rng, subscriptions);
         let Some(mut stream) = connect(&target.zmq, &tally).await else {
             continue;
         };
         let since = Instant::now();
+        if !then.is_empty() {
+            let greeted = async {
+                stream.write_all(&first).await?;
+                answered_handshake(&mut stream).await
+            };
+            if let Err(e) = tokio::time::timeout(ZMQ_HOLD, greeted)
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+            {
+                tally.add(&format!("{}: handshake {:?}", kind.name(), e.kind()));
+                continue;
+            }
+        }
+        let bytes = if then.is_empty() { first } else { then };
         let (mut reader, mut writer) = stream.split();
         let send = async {
             writer.write_all(&bytes).await?;
@@ -1009,28 +1019,20 @@ async fn zmq_garbage(
 /// A ZMTP 3.0 greeting's length.
 const GREETING_LEN: usize = 64;
 
-/// A ZMTP 3.0 greeting: signature, version 3.0, `mechanism` padded to 20 bytes, as-server
-/// 0, filler.
-fn greeting(mechanism: &[u8]) -> [u8; GREETING_LEN] {
+/// Reads the server's greeting and its answer to our READY.
+async fn answered_handshake(stream: &mut TcpStream) -> io::Result<()> {
     let mut greeting = [0u8; GREETING_LEN];
-    greeting[0] = 0xFF;
-    greeting[9] = 0x7F;
-    greeting[10] = 3;
-    greeting[12..12 + mechanism.len()].copy_from_slice(mechanism);
-    greeting
+    stream.read_exact(&mut greeting).await?;
+    match zmtp::read_frame(stream).await {
+        Some(frame) if frame.body.starts_with(b"\x05READY") => Ok(()),
+        Some(_) => Err(io::ErrorKind::PermissionDenied.into()),
+        None => Err(io::ErrorKind::UnexpectedEof.into()),
+    }
 }
 
-/// A READY command with the property Socket-Type = `socket_type`.
-fn ready(socket_type: &[u8]) -> Vec<u8> {
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
-    body.extend_from_slice(socket_type);
-    let mut frame = vec![0x04, body.len() as u8];
-    frame.extend_from_slice(&body);
-    frame
+/// A SUB peer's greeting with `mechanism` and its READY command.
+fn hello(mechanism: &str) -> Vec<u8> {
+    [zmtp::greeting(mechanism, false), zmtp::ready("SUB")].concat()
 }
 
 /// SplitMix64: garbage and wrong signatures need variety, not secrecy.
@@ -1060,26 +1062,6 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_greeting_is_64_bytes_with_the_zmtp_3_layout() {
-        let greeting = greeting(b"NULL");
-        assert_eq!(greeting.len(), 64);
-        assert_eq!((greeting[0], greeting[9]), (0xFF, 0x7F));
-        assert_eq!((greeting[10], greeting[11]), (3, 0));
-        assert_eq!(&greeting[12..16], b"NULL");
-        assert!(greeting[16..].iter().all(|b| *b == 0));
-    }
-
-    #[test]
-    fn a_ready_command_carries_its_socket_type() {
-        let frame = ready(b"SUB");
-        assert_eq!(frame[0], 0x04);
-        assert_eq!(frame[1] as usize, frame.len() - 2);
-        assert_eq!(&frame[2..8], b"\x05READY");
-        assert_eq!(&frame[8..20], b"\x0bSocket-Type");
-        assert_eq!(&frame[20..], b"\x00\x00\x00\x03SUB");
-    }
 
     #[test]
     fn frame_headers_give_the_whole_frame_length() {

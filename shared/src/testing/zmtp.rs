@@ -106,3 +106,29 @@ pub async fn closed_within(stream: &mut TcpStream, deadline: Duration) -> bool {
 pub fn address(endpoint: &str) -> &str {
     endpoint.trim_start_matches("tcp://")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_greeting_is_64_bytes_with_the_zmtp_3_layout() {
+        let greeting = greeting("NULL", false);
+        assert_eq!(greeting.len(), 64);
+        assert_eq!((greeting[0], greeting[9]), (0xff, 0x7f));
+        assert_eq!((greeting[10], greeting[11]), (3, 0));
+        assert_eq!(&greeting[12..16], b"NULL");
+        assert!(greeting[16..].iter().all(|b| *b == 0));
+        assert_eq!(super::greeting("NULL", true)[32], 1);
+    }
+
+    #[test]
+    fn a_ready_command_carries_its_socket_type() {
+        let frame = ready("SUB");
+        assert_eq!(frame[0], 0x04);
+        assert_eq!(frame[1] as usize, frame.len() - 2);
+        assert_eq!(&frame[2..8], b"\x05READY");
+        assert_eq!(&frame[8..20], b"\x0bSocket-Type");
+        assert_eq!(&frame[20..], b"\x00\x00\x00\x03SUB");
+    }
+}
