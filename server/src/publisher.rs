@@ -21,7 +21,7 @@ use shared::db::tasks::TaskRow;
 use shared::domain::Provider;
 use shared::messaging::Envelope;
 
-/// How many announcements may wait for the socket before new ones are dropped.
+/// How many batches of announcements may wait for the socket before new ones are dropped.
 const QUEUE: i32 = 65_536;
 /// The longest message a peer may send: a subscription is one byte and a topic.
 const MAX_PEER_MESSAGE: i64 = 256;
@@ -84,15 +84,28 @@ impl Publisher {
         Ok((Self { inbox }, bound))
     }
 
-    /// Announces committed tasks; never waits and never fails the request.
+    /// Announces committed tasks; never waits and never fails the request. A batch
+    /// crosses to the socket's thread as one message (topic and envelope frames in turn),
+    /// so a busy committer wakes that thread once per batch, not once per task.
     pub fn announce(&self, tasks: &[TaskRow]) {
+        if tasks.is_empty() {
+            return;
+        }
+        let frames: Vec<Vec<u8>> = tasks
+            .iter()
+            .flat_map(|task| {
+                [
+                    task.provider.as_str().as_bytes().to_vec(),
+                    Envelope::from(task).encode(),
+                ]
+            })
+            .collect();
         let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        for task in tasks {
-            let envelope = Envelope::from(task).encode();
-            let frames = [task.provider.as_str().as_bytes(), &envelope];
-            if inbox.send_multipart(frames, zmq::DONTWAIT).is_err() {
-                tracing::warn!(task_id = %task.id, "publish queue full; the sweep will pick the task up");
-            }
+        if inbox.send_multipart(frames, zmq::DONTWAIT).is_err() {
+            tracing::warn!(
+                tasks = tasks.len(),
+                "publish queue full; the sweep will pick the tasks up"
+            );
         }
     }
 }
@@ -177,10 +190,15 @@ impl Sockets {
         }
     }
 
+    /// Publishes each (topic, envelope) pair of the waiting batches as one message.
     fn forward(&self) {
         while let Ok(frames) = self.inbox.recv_multipart(zmq::DONTWAIT) {
-            // A peer whose queue is full misses the doorbell; its sweep covers it.
-            let _ = self.publish.send_multipart(frames, zmq::DONTWAIT);
+            for message in frames.chunks_exact(2) {
+                // A peer whose queue is full misses the doorbell; its sweep covers it.
+                let _ = self
+                    .publish
+                    .send_multipart(message.iter().map(Vec::as_slice), zmq::DONTWAIT);
+            }
         }
     }
 
