@@ -2,8 +2,8 @@
 //! calls the providers.
 
 pub mod backoff;
+pub mod budget;
 pub mod providers;
-pub mod rate_limit;
 pub mod startup;
 pub mod subscriber;
 pub mod worker;

@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use shared::config::ConsumerSettings;
 use shared::db;
 use tokio::sync::{watch, Notify, Semaphore};
 
+use crate::budget::Budget;
 use crate::providers::{ProviderApi, Salesforce, Stripe};
 use crate::subscriber;
 use crate::worker::Worker;
@@ -117,7 +119,15 @@ async fn worker(settings: &ConsumerSettings) -> anyhow::Result<Arc<Worker>> {
     let mut providers: HashMap<Provider, Arc<dyn ProviderApi>> = HashMap::new();
     if let Some(stripe) = &settings.common.stripe {
         let client = StripeClient::new(stripe)?;
-        let api = Stripe::new(client, settings.stripe_max_rps);
+        let budget = Budget::open(
+            pool.clone(),
+            "stripe",
+            stripe.api_key.expose_secret(),
+            settings.stripe_max_rps,
+        )
+        .await
+        .context("opening the shared Stripe rate budget")?;
+        let api = Stripe::new(client, budget);
         providers.insert(Provider::Stripe, Arc::new(api));
     }
     if let Some(salesforce) = &settings.common.salesforce {

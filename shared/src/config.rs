@@ -502,7 +502,8 @@ pub struct ConsumerArgs {
     /// Provider calls in flight in this process
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value = "16")]
     pub concurrency: String,
-    /// Client-side limit of Stripe requests per second for this process
+    /// Stripe requests per second for the whole deployment: every consumer calling the
+    /// same account shares this budget through PostgreSQL (set the same value on each)
     #[arg(long, env = "STRIPE_MAX_RPS", default_value = "25")]
     pub stripe_max_rps: String,
     /// Attempts before a task goes dead and waits for a manual retry

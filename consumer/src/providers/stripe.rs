@@ -1,24 +1,41 @@
-//! Stripe behind [`ProviderApi`]: every call waits for the process's Stripe rate limit.
+//! Stripe behind [`ProviderApi`]: every call waits for a slot of the account's shared
+//! rate budget, and a rate-limit 429 pauses that budget for every process.
+
+use std::future::Future;
 
 use async_trait::async_trait;
 use shared::db::customers::CustomerRow;
 use shared::stripe::{StripeClient, StripeError};
 
 use super::{CallError, ProviderApi};
-use crate::rate_limit::RateLimiter;
+use crate::budget::Budget;
 
-/// The Stripe provider: the shared client and this process's rate limit.
+/// The Stripe provider: the client and the account's shared rate budget.
 pub struct Stripe {
     client: StripeClient,
-    limiter: RateLimiter,
+    budget: Budget,
 }
 
 impl Stripe {
-    /// Calls through `client` at most `max_rps` times a second.
-    pub fn new(client: StripeClient, max_rps: u32) -> Self {
-        Self {
-            client,
-            limiter: RateLimiter::new(max_rps),
+    /// Calls through `client` within `budget`.
+    pub fn new(client: StripeClient, budget: Budget) -> Self {
+        Self { client, budget }
+    }
+
+    /// Runs one API call in its budget slot.
+    async fn call<T>(
+        &self,
+        request: impl Future<Output = Result<T, StripeError>>,
+    ) -> Result<T, CallError> {
+        self.budget.acquire().await;
+        match request.await {
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                if e.is_rate_limit() {
+                    self.budget.slow_down(e.retry_after()).await;
+                }
+                Err(e.into())
+            }
         }
     }
 }
@@ -56,10 +73,13 @@ impl ProviderApi for Stripe {
     }
 
     async fn create(&self, customer: &CustomerRow, key: &str) -> Result<Option<String>, CallError> {
-        self.limiter.acquire().await;
         let created = self
-            .client
-            .create_customer(customer.id.as_str(), &customer.name, &customer.email, key)
+            .call(self.client.create_customer(
+                customer.id.as_str(),
+                &customer.name,
+                &customer.email,
+                key,
+            ))
             .await?;
         Ok(Some(created.id))
     }
@@ -72,10 +92,11 @@ impl ProviderApi for Stripe {
     ) -> Result<Option<String>, CallError> {
         let id = external_id
             .ok_or_else(|| CallError::Permanent("no Stripe customer to update".into()))?;
-        self.limiter.acquire().await;
-        self.client
-            .update_customer(id, &customer.name, &customer.email, key)
-            .await?;
+        self.call(
+            self.client
+                .update_customer(id, &customer.name, &customer.email, key),
+        )
+        .await?;
         Ok(None)
     }
 
@@ -86,8 +107,7 @@ impl ProviderApi for Stripe {
     ) -> Result<(), CallError> {
         let id = external_id
             .ok_or_else(|| CallError::Permanent("no Stripe customer to delete".into()))?;
-        self.limiter.acquire().await;
-        Ok(self.client.delete_customer(id).await?)
+        self.call(self.client.delete_customer(id)).await
     }
 
     async fn find_existing(
@@ -96,12 +116,10 @@ impl ProviderApi for Stripe {
         emails: &[String],
     ) -> Result<Option<String>, CallError> {
         for email in emails {
-            self.limiter.acquire().await;
-            if let Some(found) = self
-                .client
-                .find_customer(customer.id.as_str(), email)
-                .await?
-            {
+            let found = self
+                .call(self.client.find_customer(customer.id.as_str(), email))
+                .await?;
+            if let Some(found) = found {
                 return Ok(Some(found.id));
             }
         }

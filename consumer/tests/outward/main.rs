@@ -1,5 +1,6 @@
 //! Outward sync end to end: the real server, consumers and the sandbox Stripe.
 
+mod budget;
 mod faults;
 mod helpers;
 mod salesforce;

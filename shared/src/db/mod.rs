@@ -1,5 +1,6 @@
 //! PostgreSQL: the pool, database creation, embedded migrations, and the rows and queries per table.
 
+pub mod budgets;
 pub mod customers;
 pub mod events;
 pub mod invoices;

@@ -68,6 +68,12 @@ impl StripeError {
         }
     }
 
+    /// A 429 for the account's request rate, which every caller of the account should
+    /// heed; not `lock_timeout`, which concerns one object written concurrently.
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(self, StripeError::Api { status: 429, code, .. } if code.as_deref() != Some("lock_timeout"))
+    }
+
     /// `Retry-After`, when given.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -1,0 +1,128 @@
+//! A provider account's rate budget, shared through PostgreSQL by every process that calls
+//! it (`shared::db::budgets`). A process reserves slots a slice at a time (about 100 ms
+//! of the budget), so a call costs no database round trip of its own, and spends them
+//! one per call at the slot's time. Slots are spaced at the budget's rate across all
+//! processes; a slot not used within one spacing of its time lapses, so unused slots never
+//! bunch up, and any second holds at most the rate plus two calls. A process that dies
+//! loses at most its current slice.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use shared::db::{self, budgets, DbError, PgPool};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// How much of the budget one reservation takes.
+const SLICE: Duration = Duration::from_millis(100);
+/// The pause after a 429 that says nothing of its own.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+/// How long to wait before asking again when PostgreSQL cannot be reached.
+const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// One account's budget as this process sees it.
+pub struct Budget {
+    pool: PgPool,
+    account: String,
+    /// The spacing of slots: one over the rate.
+    spacing: Duration,
+    /// Slots per reservation.
+    slice: u32,
+    held: Mutex<Held>,
+}
+
+/// The slots this process holds: `left` of them, the next at `next`.
+struct Held {
+    next: Instant,
+    left: u32,
+}
+
+impl Budget {
+    /// The budget of the account `name` of `provider` at `per_second` calls, created in
+    /// PostgreSQL if new. Only a digest of the account's key names it there.
+    pub async fn open(
+        pool: PgPool,
+        provider: &str,
+        key: &str,
+        per_second: u32,
+    ) -> Result<Self, DbError> {
+        let digest = hex::encode(Sha256::digest(key.as_bytes()));
+        let account = format!("{provider}:{}", &digest[..16]);
+        let per_second = f64::from(per_second.max(1));
+        let slice = (per_second * SLICE.as_secs_f64()).ceil().max(1.0) as u32;
+        let name = account.clone();
+        db::run(&pool, move |conn| Ok(budgets::ensure(conn, &name)?)).await?;
+        Ok(Self {
+            pool,
+            account,
+            spacing: Duration::from_secs_f64(1.0 / per_second),
+            slice,
+            held: Mutex::new(Held {
+                next: Instant::now(),
+                left: 0,
+            }),
+        })
+    }
+
+    /// Waits for this process's next slot, reserving a slice when it holds none.
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut held = self.held.lock().await;
+            let now = Instant::now();
+            while held.left > 0 && held.next + self.spacing < now {
+                held.next += self.spacing;
+                held.left -= 1;
+            }
+            if held.left == 0 {
+                let starts_in = self.reserve().await;
+                held.next = Instant::now() + starts_in;
+                held.left = self.slice;
+            }
+            let slot = held.next;
+            held.next += self.spacing;
+            held.left -= 1;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    /// Reserves a slice, retrying while PostgreSQL cannot be reached (no call goes out
+    /// without a slot).
+    async fn reserve(&self) -> Duration {
+        let span = self.spacing * self.slice;
+        loop {
+            let account = self.account.clone();
+            let reserved = db::run(&self.pool, move |conn| {
+                Ok(budgets::reserve(conn, &account, span)?)
+            })
+            .await;
+            match reserved {
+                Ok(slice) => return slice.starts_in,
+                Err(e) => {
+                    tracing::warn!(account = %self.account, error = %e, "cannot reserve rate budget; retrying");
+                    tokio::time::sleep(UNREACHABLE_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// The provider said 429: every process pauses for `retry_after` (or a second), and
+    /// this one drops the slots it holds.
+    pub async fn slow_down(&self, retry_after: Option<Duration>) {
+        let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
+        self.held.lock().await.left = 0;
+        let account = self.account.clone();
+        let paused = db::run(&self.pool, move |conn| {
+            Ok(budgets::pause(conn, &account, pause)?)
+        })
+        .await;
+        match paused {
+            Ok(()) => {
+                tracing::warn!(account = %self.account, pause_ms = pause.as_millis() as u64, "provider rate limit hit: every consumer pauses")
+            }
+            Err(e) => {
+                tracing::warn!(account = %self.account, error = %e, "cannot pause the shared rate budget")
+            }
+        }
+    }
+}

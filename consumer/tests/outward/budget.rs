@@ -1,0 +1,121 @@
+//! STRIPE_MAX_RPS is the deployment's rate: consumer processes share one budget through
+//! PostgreSQL. Checked against the sandbox's own request log and rate limit.
+
+use sandbox::{RequestRecord, SandboxConfig};
+use shared::testing::eventually;
+
+use crate::helpers::{stack, Stack, WAIT};
+
+/// Creates `n` customers (committed with their tasks; no consumer runs yet).
+async fn create(stack: &Stack, n: usize) {
+    for i in 0..n {
+        stack
+            .create(&format!("c-{i}"), "Ada", &format!("c{i}@example.com"))
+            .await;
+    }
+}
+
+/// The API calls the sandbox saw, with their times (ms since it started).
+fn calls(stack: &Stack) -> Vec<RequestRecord> {
+    stack
+        .sandbox
+        .request_log()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v1/customers"))
+        .collect()
+}
+
+/// The most calls in any window of `window_ms`.
+fn busiest(calls: &[RequestRecord], window_ms: u64) -> usize {
+    let times: Vec<u64> = calls.iter().map(|c| c.at_ms).collect();
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= window_ms {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+/// Calls per second between `from_ms` and `to_ms`.
+fn rate(calls: &[RequestRecord], from_ms: u64, to_ms: u64) -> f64 {
+    let n = calls
+        .iter()
+        .filter(|c| (from_ms..to_ms).contains(&c.at_ms))
+        .count();
+    n as f64 * 1000.0 / (to_ms - from_ms) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_consumers_share_one_budget_and_the_survivors_take_a_killed_ones_share() {
+    const BUDGET: f64 = 36.0;
+    let stack = stack(SandboxConfig {
+        max_rps: Some(40),
+        ..SandboxConfig::default()
+    })
+    .await;
+    create(&stack, 400).await;
+    let env = [
+        ("STRIPE_MAX_RPS", "36"),
+        ("CONSUMER_LEASE_SECS", "5"),
+        ("CONSUMER_CONCURRENCY", "8"),
+    ];
+    let mut consumers: Vec<_> = (0..4).map(|_| stack.consumer_process(&env)).collect();
+
+    eventually("a third of the calls", WAIT, || async {
+        (calls(&stack).len() >= 130).then_some(())
+    })
+    .await;
+    let killed_at = calls(&stack).last().unwrap().at_ms;
+    consumers[0].kill().unwrap();
+    consumers[0].wait().unwrap();
+    stack.drained(400).await;
+    for consumer in &mut consumers[1..] {
+        consumer.kill().unwrap();
+        consumer.wait().unwrap();
+    }
+
+    let calls = calls(&stack);
+    let limited = calls.iter().filter(|c| c.status == 429).count();
+    assert_eq!(limited, 0, "the sandbox answered 429 {limited} times");
+    let first = calls.first().unwrap().at_ms;
+    // Four processes, one rate: no second holds more than the budget and two calls.
+    let most = busiest(&calls, 1000);
+    assert!(most as f64 <= BUDGET + 2.0, "{most} calls in one second");
+    // Before the kill, and from a second after it, the budget is used (90%).
+    let before = rate(&calls, first + 1000, killed_at);
+    assert!(
+        before >= 0.9 * BUDGET,
+        "{before:.1} calls/s before the kill"
+    );
+    let after = rate(&calls, killed_at + 1000, killed_at + 4000);
+    assert!(after >= 0.9 * BUDGET, "{after:.1} calls/s after the kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_above_the_providers_limit_backs_off_together_instead_of_storming() {
+    let stack = stack(SandboxConfig {
+        max_rps: Some(20),
+        ..SandboxConfig::default()
+    })
+    .await;
+    create(&stack, 200).await;
+    let env = [("STRIPE_MAX_RPS", "60"), ("CONSUMER_CONCURRENCY", "8")];
+    let mut consumers: Vec<_> = (0..2).map(|_| stack.consumer_process(&env)).collect();
+    stack.drained(200).await;
+    for consumer in &mut consumers {
+        consumer.kill().unwrap();
+        consumer.wait().unwrap();
+    }
+    let calls = calls(&stack);
+    let limited = calls.iter().filter(|c| c.status == 429).count();
+    // At 60/s against 20/s, two thirds of the calls would meet a 429 if each task only
+    // backed off on its own; one pause for every process keeps them a small share.
+    assert!(
+        limited * 5 <= calls.len(),
+        "{limited} of {} calls answered 429",
+        calls.len()
+    );
+}

@@ -1,0 +1,63 @@
+//! The `provider_budgets` table: each provider account's shared rate budget, as the time
+//! of its next free slot (and a pause after a 429). Every time is PostgreSQL's clock, and
+//! what a process gets back is an offset from it, so hosts' clocks need not agree.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::sql_types::{Double, Text};
+
+/// A reserved slice: its first slot is `starts_in` from now (zero when due already).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slice {
+    pub starts_in: Duration,
+}
+
+/// Creates the account's row if it is new.
+pub fn ensure(conn: &mut PgConnection, account: &str) -> QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO provider_budgets (account) VALUES ($1) ON CONFLICT (account) DO NOTHING",
+    )
+    .bind::<Text, _>(account)
+    .execute(conn)
+    .map(drop)
+}
+
+/// Reserves `span` of slots: they start at the next free slot, or now if the budget was
+/// idle (unused time does not accrue), and never before a pause ends.
+pub fn reserve(conn: &mut PgConnection, account: &str, span: Duration) -> QueryResult<Slice> {
+    #[derive(QueryableByName)]
+    struct Reserved {
+        #[diesel(sql_type = Double)]
+        starts_in: f64,
+    }
+    let reserved: Reserved = diesel::sql_query(
+        "WITH now AS (SELECT clock_timestamp() AS at) \
+         UPDATE provider_budgets b \
+            SET next_free = GREATEST(b.next_free, now.at, b.paused_until) \
+                            + make_interval(secs => $2) \
+           FROM now \
+          WHERE b.account = $1 \
+      RETURNING extract(epoch FROM (b.next_free - make_interval(secs => $2) - now.at))::float8 \
+                AS starts_in",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Double, _>(span.as_secs_f64())
+    .get_result(conn)?;
+    Ok(Slice {
+        starts_in: Duration::from_secs_f64(reserved.starts_in.max(0.0)),
+    })
+}
+
+/// Pauses the budget for every process until `for_` from now (a later pause stays).
+pub fn pause(conn: &mut PgConnection, account: &str, for_: Duration) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE provider_budgets \
+            SET paused_until = GREATEST(paused_until, clock_timestamp() + make_interval(secs => $2)) \
+          WHERE account = $1",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Double, _>(for_.as_secs_f64())
+    .execute(conn)
+    .map(drop)
+}
