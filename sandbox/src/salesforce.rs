@@ -62,6 +62,11 @@ impl SalesforceState {
         self.inner.lock().unwrap().tokens.clear();
     }
 
+    /// Sets today's API call count, as `Sforce-Limit-Info` reports it (of 15,000).
+    pub fn set_api_calls(&self, calls: u64) {
+        self.inner.lock().unwrap().api_calls = calls;
+    }
+
     /// How many tokens were issued so far.
     pub fn tokens_issued(&self) -> u64 {
         self.inner.lock().unwrap().tokens_issued

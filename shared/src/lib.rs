@@ -11,6 +11,7 @@ pub mod local_pg;
 pub mod messaging;
 pub mod queue;
 pub mod salesforce;
+pub mod salesforce_allocation;
 pub mod stripe;
 pub mod telemetry;
 #[cfg(feature = "testing")]

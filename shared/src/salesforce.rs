@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::config::SalesforceSettings;
+use crate::salesforce_allocation::{Allocation, Allowance};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
@@ -85,6 +86,7 @@ pub struct SalesforceClient {
     settings: SalesforceSettings,
     token: RwLock<Option<Token>>,
     refreshing: Mutex<u64>,
+    allocation: Allocation,
 }
 
 /// Splits a display name into Contact's FirstName and (required) LastName.
@@ -110,7 +112,13 @@ impl SalesforceClient {
             settings: settings.clone(),
             token: RwLock::new(None),
             refreshing: Mutex::new(0),
+            allocation: Allocation::default(),
         })
+    }
+
+    /// What the org's daily allocation still allows, as the last response reported it.
+    pub fn allowance(&self) -> Allowance {
+        self.allocation.allowance()
     }
 
     /// The cached token, fetching one if there is none.
@@ -203,7 +211,8 @@ impl SalesforceClient {
                 .get("sforce-limit-info")
                 .and_then(|v| v.to_str().ok())
             {
-                tracing::info!(sforce_limit_info = usage, "salesforce API usage");
+                tracing::debug!(sforce_limit_info = usage, "salesforce API usage");
+                self.allocation.report(usage);
             }
             let body = response
                 .bytes()

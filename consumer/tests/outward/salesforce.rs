@@ -232,3 +232,27 @@ async fn a_consumer_killed_mid_run_leaves_exactly_one_contact_per_customer() {
     ids.dedup();
     assert_eq!(ids.len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daily_allocation_reported_by_salesforce_sets_what_calls_may_still_go() {
+    use shared::salesforce::SalesforceClient;
+    use shared::salesforce_allocation::Allowance;
+    let stack = stack_full(SandboxConfig::default(), false, true).await;
+    let settings = stack.consumer_settings();
+    let client = SalesforceClient::new(settings.common.salesforce.as_ref().unwrap()).unwrap();
+    let org = stack.sandbox.salesforce();
+    // The sandbox counts this call too before it answers: usage is calls + 1 of 15,000.
+    for (calls, expected) in [
+        (11_000, Allowance::Everything),
+        (11_999, Allowance::SlowBackground),
+        (14_249, Allowance::LiveWritesOnly),
+        (100, Allowance::Everything),
+    ] {
+        org.set_api_calls(calls);
+        client
+            .upsert_contact("c-1", "Ada Lovelace", "ada@example.com")
+            .await
+            .unwrap();
+        assert_eq!(client.allowance(), expected, "after {calls} calls");
+    }
+}
