@@ -2,9 +2,14 @@
 //! it (`shared::db::budgets`). A process reserves slots a slice at a time (about 100 ms
 //! of the budget), so a call costs no database round trip of its own, and spends them
 //! one per call at the slot's time. Slots are spaced at the budget's rate across all
-//! processes; a slot not used within one spacing of its time lapses, so unused slots never
-//! bunch up, and any second holds at most the rate plus two calls. A process that dies
-//! loses at most its current slice.
+//! processes; a slot not used within [`LAPSE`] (or one spacing, if longer) of its time
+//! lapses, so unused slots never bunch up, and any second holds at most 5% more than the
+//! rate, and two calls. A process that dies loses at most its current slice.
+//!
+//! Live writes (the changes users make) come first: background work (imports,
+//! reconciles, catch-up) calls [`Budget::acquire_background`], which takes slots only
+//! when live traffic leaves the budget idle, and otherwise [`FLOOR`] of the rate, so it
+//! always progresses.
 
 use std::time::Duration;
 
@@ -17,6 +22,11 @@ use tokio::time::Instant;
 const SLICE: Duration = Duration::from_millis(100);
 /// The pause after a 429 that says nothing of its own.
 const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+/// How late a slot may still be used: a busy process wakes a little late, but slots
+/// kept longer would bunch up.
+const LAPSE: Duration = Duration::from_millis(50);
+/// The share of the rate background work gets however busy live traffic is.
+pub const FLOOR: f64 = 0.1;
 /// How long to wait before asking again when PostgreSQL cannot be reached.
 const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
 
@@ -29,12 +39,38 @@ pub struct Budget {
     /// Slots per reservation.
     slice: u32,
     held: Mutex<Held>,
+    /// Slots reserved for background work.
+    background: Mutex<Held>,
 }
 
 /// The slots this process holds: `left` of them, the next at `next`.
 struct Held {
     next: Instant,
     left: u32,
+}
+
+impl Held {
+    /// Lets slots more than [`LAPSE`] (or one spacing) past lapse; whether one is left.
+    fn usable(&mut self, spacing: Duration) -> bool {
+        let now = Instant::now();
+        while self.left > 0 && self.next + spacing.max(LAPSE) < now {
+            self.next += spacing;
+            self.left -= 1;
+        }
+        self.left > 0
+    }
+
+    fn fill(&mut self, starts_in: Duration, slots: u32) {
+        self.next = Instant::now() + starts_in;
+        self.left = slots;
+    }
+
+    fn take(&mut self, spacing: Duration) -> Instant {
+        let slot = self.next;
+        self.next += spacing;
+        self.left -= 1;
+        slot
+    }
 }
 
 impl Budget {
@@ -61,29 +97,56 @@ impl Budget {
                 next: Instant::now(),
                 left: 0,
             }),
+            background: Mutex::new(Held {
+                next: Instant::now(),
+                left: 0,
+            }),
         })
     }
 
-    /// Waits for this process's next slot, reserving a slice when it holds none.
+    /// Waits for this process's next slot for a live write, reserving a slice when it
+    /// holds none.
     pub async fn acquire(&self) {
         let slot = {
             let mut held = self.held.lock().await;
-            let now = Instant::now();
-            while held.left > 0 && held.next + self.spacing < now {
-                held.next += self.spacing;
-                held.left -= 1;
-            }
-            if held.left == 0 {
+            if !held.usable(self.spacing) {
                 let starts_in = self.reserve().await;
-                held.next = Instant::now() + starts_in;
-                held.left = self.slice;
+                held.fill(starts_in, self.slice);
             }
-            let slot = held.next;
-            held.next += self.spacing;
-            held.left -= 1;
-            slot
+            held.take(self.spacing)
         };
         tokio::time::sleep_until(slot).await;
+    }
+
+    /// Waits for a slot for background work: one that live traffic leaves, or the floor's.
+    pub async fn acquire_background(&self) {
+        let slot = {
+            let mut held = self.background.lock().await;
+            while !held.usable(self.spacing) {
+                match self.reserve_background().await {
+                    Some(starts_in) => held.fill(starts_in, self.slice),
+                    None => tokio::time::sleep(SLICE).await,
+                }
+            }
+            held.take(self.spacing)
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    async fn reserve_background(&self) -> Option<Duration> {
+        let span = self.spacing * self.slice;
+        let account = self.account.clone();
+        let reserved = db::run(&self.pool, move |conn| {
+            Ok(budgets::reserve_background(conn, &account, span, FLOOR)?)
+        })
+        .await;
+        match reserved {
+            Ok(slice) => slice.map(|s| s.starts_in),
+            Err(e) => {
+                tracing::warn!(account = %self.account, error = %e, "cannot reserve rate budget; retrying");
+                None
+            }
+        }
     }
 
     /// Reserves a slice, retrying while PostgreSQL cannot be reached (no call goes out
@@ -111,6 +174,7 @@ impl Budget {
     pub async fn slow_down(&self, retry_after: Option<Duration>) {
         let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
         self.held.lock().await.left = 0;
+        self.background.lock().await.left = 0;
         let account = self.account.clone();
         let paused = db::run(&self.pool, move |conn| {
             Ok(budgets::pause(conn, &account, pause)?)

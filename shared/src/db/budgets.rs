@@ -35,6 +35,8 @@ pub fn reserve(conn: &mut PgConnection, account: &str, span: Duration) -> QueryR
         "WITH now AS (SELECT clock_timestamp() AS at) \
          UPDATE provider_budgets b \
             SET next_free = GREATEST(b.next_free, now.at, b.paused_until) \
+                            + make_interval(secs => $2), \
+                live_until = GREATEST(b.next_free, now.at, b.paused_until) \
                             + make_interval(secs => $2) \
            FROM now \
           WHERE b.account = $1 \
@@ -47,6 +49,43 @@ pub fn reserve(conn: &mut PgConnection, account: &str, span: Duration) -> QueryR
     Ok(Slice {
         starts_in: Duration::from_secs_f64(reserved.starts_in.max(0.0)),
     })
+}
+
+/// Reserves `span` of slots for background work, only if live traffic holds no slot
+/// ahead of now, or if the background's floor is due: then the next floor slice comes due
+/// after `span / floor`, so background work gets at least `floor` of the rate. `None`
+/// when neither holds (or during a pause): ask again later.
+pub fn reserve_background(
+    conn: &mut PgConnection,
+    account: &str,
+    span: Duration,
+    floor: f64,
+) -> QueryResult<Option<Slice>> {
+    #[derive(QueryableByName)]
+    struct Reserved {
+        #[diesel(sql_type = Double)]
+        starts_in: f64,
+    }
+    let reserved: Option<Reserved> = diesel::sql_query(
+        "WITH now AS (SELECT clock_timestamp() AS at) \
+         UPDATE provider_budgets b \
+            SET next_free = GREATEST(b.next_free, now.at) + make_interval(secs => $2), \
+                floor_next = CASE WHEN b.live_until <= now.at THEN b.floor_next \
+                             ELSE GREATEST(b.floor_next, now.at) + make_interval(secs => $2 / $3) END \
+           FROM now \
+          WHERE b.account = $1 AND b.paused_until <= now.at \
+            AND (b.live_until <= now.at OR b.floor_next <= now.at) \
+      RETURNING extract(epoch FROM (GREATEST(b.next_free - make_interval(secs => $2), now.at) \
+                                    - now.at))::float8 AS starts_in",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Double, _>(span.as_secs_f64())
+    .bind::<Double, _>(floor)
+    .get_result(conn)
+    .optional()?;
+    Ok(reserved.map(|r| Slice {
+        starts_in: Duration::from_secs_f64(r.starts_in.max(0.0)),
+    }))
 }
 
 /// Pauses the budget for every process until `for_` from now (a later pause stays).
