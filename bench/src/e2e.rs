@@ -112,8 +112,12 @@ pub async fn run(customers: usize, consumers: usize) -> anyhow::Result<()> {
     let duplicated = by_local.values().filter(|v| v.len() > 1).count();
     let memory = stack.peak_memory_kib();
     let rate = done as f64 / elapsed.as_secs_f64();
+    let (slowest, busiest) = calls_per_second(&log);
+    let reservations = shared::db::budgets::reservations(&mut stack.db.connect())?;
+    let all_calls = log.len();
+    let per_reservation = all_calls as f64 / reservations.max(1) as f64;
     println!(
-        "end to end ({customers} creates, {consumers} consumer(s), sandbox 150 ms / 100 rps): {rate:.1} customers/s linked, all accepted in {:.1} s, linked {done}/{customers} in {:.1} s, 429s {throttled}, create calls {calls}, lost {}, duplicated {duplicated}, peak RSS {memory:?} KiB",
+        "end to end ({customers} creates, {consumers} consumer(s), sandbox 150 ms / 100 rps): {rate:.1} customers/s linked, all accepted in {:.1} s, linked {done}/{customers} in {:.1} s, 429s {throttled}, create calls {calls}, calls per whole second {slowest}-{busiest}, {reservations} budget reservations ({per_reservation:.1} calls each), lost {}, duplicated {duplicated}, peak RSS {memory:?} KiB",
         accepted_in.as_secs_f64(),
         elapsed.as_secs_f64(),
         customers as i64 - done,
@@ -122,11 +126,28 @@ pub async fn run(customers: usize, consumers: usize) -> anyhow::Result<()> {
         "{}",
         json!({"scenario": "e2e", "customers": customers, "consumers": consumers, "throughput": rate,
         "seconds": elapsed.as_secs_f64(), "linked": done, "http_429": throttled, "create_calls": calls,
-        "duplicated": duplicated, "peak_rss_kib": memory})
+        "duplicated": duplicated, "peak_rss_kib": memory, "calls_per_second_min": slowest,
+        "calls_per_second_max": busiest, "budget_reservations": reservations})
     );
     stack.stop();
     sandbox.stop().await;
     Ok(())
+}
+
+/// The fewest and most provider calls in the run's whole seconds (the first and the last,
+/// partial, are left out).
+fn calls_per_second(log: &[sandbox::RequestRecord]) -> (usize, usize) {
+    let (Some(first), Some(last)) = (log.first(), log.last()) else {
+        return (0, 0);
+    };
+    let seconds = (first.at_ms / 1000 + 1)..(last.at_ms / 1000);
+    let counts: Vec<usize> = seconds
+        .map(|s| log.iter().filter(|r| r.at_ms / 1000 == s).count())
+        .collect();
+    (
+        counts.iter().copied().min().unwrap_or(0),
+        counts.iter().copied().max().unwrap_or(0),
+    )
 }
 
 pub async fn idle(samples: usize) -> anyhow::Result<()> {

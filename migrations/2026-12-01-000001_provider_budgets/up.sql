@@ -8,5 +8,7 @@ CREATE TABLE provider_budgets (
     next_free    timestamptz NOT NULL DEFAULT clock_timestamp(),
     paused_until timestamptz NOT NULL DEFAULT '-infinity',
     live_until   timestamptz NOT NULL DEFAULT '-infinity',
-    floor_next   timestamptz NOT NULL DEFAULT '-infinity'
+    floor_next   timestamptz NOT NULL DEFAULT '-infinity',
+    -- Slices reserved so far: what the budget costs PostgreSQL, one UPDATE each.
+    reservations bigint NOT NULL DEFAULT 0
 );

@@ -37,7 +37,8 @@ pub fn reserve(conn: &mut PgConnection, account: &str, span: Duration) -> QueryR
             SET next_free = GREATEST(b.next_free, now.at, b.paused_until) \
                             + make_interval(secs => $2), \
                 live_until = GREATEST(b.next_free, now.at, b.paused_until) \
-                            + make_interval(secs => $2) \
+                            + make_interval(secs => $2), \
+                reservations = b.reservations + 1 \
            FROM now \
           WHERE b.account = $1 \
       RETURNING extract(epoch FROM (b.next_free - make_interval(secs => $2) - now.at))::float8 \
@@ -70,6 +71,7 @@ pub fn reserve_background(
         "WITH now AS (SELECT clock_timestamp() AS at) \
          UPDATE provider_budgets b \
             SET next_free = GREATEST(b.next_free, now.at) + make_interval(secs => $2), \
+                reservations = b.reservations + 1, \
                 floor_next = CASE WHEN b.live_until <= now.at THEN b.floor_next \
                              ELSE GREATEST(b.floor_next, now.at) + make_interval(secs => $2 / $3) END \
            FROM now \
@@ -86,6 +88,20 @@ pub fn reserve_background(
     Ok(reserved.map(|r| Slice {
         starts_in: Duration::from_secs_f64(r.starts_in.max(0.0)),
     }))
+}
+
+/// Slices reserved so far in every account's budget.
+pub fn reservations(conn: &mut PgConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Total {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let total: Total = diesel::sql_query(
+        "SELECT coalesce(sum(reservations), 0)::bigint AS n FROM provider_budgets",
+    )
+    .get_result(conn)?;
+    Ok(total.n)
 }
 
 /// Pauses the budget for every process until `for_` from now (a later pause stays).
