@@ -119,15 +119,26 @@ async fn worker(settings: &ConsumerSettings) -> anyhow::Result<Arc<Worker>> {
     let mut providers: HashMap<Provider, Arc<dyn ProviderApi>> = HashMap::new();
     if let Some(stripe) = &settings.common.stripe {
         let client = StripeClient::new(stripe)?;
-        let budget = Budget::open(
-            pool.clone(),
-            "stripe",
-            stripe.api_key.expose_secret(),
-            settings.stripe_max_rps,
-        )
-        .await
-        .context("opening the shared Stripe rate budget")?;
-        let api = Stripe::new(client, budget);
+        let key = stripe.api_key.expose_secret();
+        let open = |class: &'static str, rps| {
+            let pool = pool.clone();
+            async move {
+                Budget::open(pool, class, key, rps)
+                    .await
+                    .with_context(|| format!("opening the shared {class} rate budget"))
+            }
+        };
+        let (writes, reads) = match settings.stripe_read_write_rps {
+            None => {
+                let budget = Arc::new(open("stripe", settings.stripe_max_rps).await?);
+                (budget.clone(), budget)
+            }
+            Some((read, write)) => (
+                Arc::new(open("stripe-write", write).await?),
+                Arc::new(open("stripe-read", read).await?),
+            ),
+        };
+        let api = Stripe::new(client, writes, reads);
         providers.insert(Provider::Stripe, Arc::new(api));
     }
     if let Some(salesforce) = &settings.common.salesforce {

@@ -44,6 +44,16 @@ fn bad_topics_and_settings_stop_the_consumer_naming_them() {
         ),
         (
             vec!["--topic", "stripe"],
+            vec![key, ("STRIPE_MAX_READ_RPS", "0")],
+            "STRIPE_MAX_READ_RPS",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("STRIPE_MAX_WRITE_RPS", "fast")],
+            "STRIPE_MAX_WRITE_RPS",
+        ),
+        (
+            vec!["--topic", "stripe"],
             vec![key, ("TASK_MAX_ATTEMPTS", "x")],
             "TASK_MAX_ATTEMPTS",
         ),
@@ -97,6 +107,8 @@ fn help_explains_topics_and_every_setting() {
         "--topic",
         "CONSUMER_CONCURRENCY",
         "STRIPE_MAX_RPS",
+        "STRIPE_MAX_READ_RPS",
+        "STRIPE_MAX_WRITE_RPS",
         "TASK_MAX_ATTEMPTS",
         "CONSUMER_SWEEP_INTERVAL_MS",
         "CONSUMER_LEASE_SECS",

@@ -506,6 +506,13 @@ pub struct ConsumerArgs {
     /// same account shares this budget through PostgreSQL (set the same value on each)
     #[arg(long, env = "STRIPE_MAX_RPS", default_value = "25")]
     pub stripe_max_rps: String,
+    /// Stripe's separate read limit (lists, searches), when reads and writes should have
+    /// budgets of their own; unset, every call shares STRIPE_MAX_RPS
+    #[arg(long, env = "STRIPE_MAX_READ_RPS")]
+    pub stripe_max_read_rps: Option<String>,
+    /// Stripe's separate write limit (creates, updates, deletes), as STRIPE_MAX_READ_RPS
+    #[arg(long, env = "STRIPE_MAX_WRITE_RPS")]
+    pub stripe_max_write_rps: Option<String>,
     /// Attempts before a task goes dead and waits for a manual retry
     #[arg(long, env = "TASK_MAX_ATTEMPTS", default_value = "12")]
     pub task_max_attempts: String,
@@ -531,6 +538,8 @@ pub struct ConsumerSettings {
     pub concurrency: usize,
     /// Stripe requests per second.
     pub stripe_max_rps: u32,
+    /// Separate read and write budgets, `(reads, writes)` per second, when either is set.
+    pub stripe_read_write_rps: Option<(u32, u32)>,
     /// Attempts before `dead`.
     pub max_attempts: i32,
     /// Sweep interval.
@@ -568,11 +577,28 @@ impl TryFrom<ConsumerArgs> for ConsumerSettings {
                 providers.push(provider);
             }
         }
+        let stripe_max_rps = number(&args.stripe_max_rps, "STRIPE_MAX_RPS", 1, 10_000)? as u32;
         Ok(Self {
             common,
             providers,
             concurrency: number(&args.concurrency, "CONSUMER_CONCURRENCY", 1, 1024)? as usize,
-            stripe_max_rps: number(&args.stripe_max_rps, "STRIPE_MAX_RPS", 1, 10_000)? as u32,
+            stripe_max_rps,
+            stripe_read_write_rps: match (
+                non_empty(args.stripe_max_read_rps),
+                non_empty(args.stripe_max_write_rps),
+            ) {
+                (None, None) => None,
+                (read, write) => {
+                    let rps = |value: Option<String>, variable| match value {
+                        Some(v) => number(&v, variable, 1, 10_000).map(|n| n as u32),
+                        None => Ok(stripe_max_rps),
+                    };
+                    Some((
+                        rps(read, "STRIPE_MAX_READ_RPS")?,
+                        rps(write, "STRIPE_MAX_WRITE_RPS")?,
+                    ))
+                }
+            },
             max_attempts: number(&args.task_max_attempts, "TASK_MAX_ATTEMPTS", 1, 1000)? as i32,
             sweep_interval: Duration::from_millis(number(
                 &args.sweep_interval_ms,

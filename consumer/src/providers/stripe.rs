@@ -2,6 +2,7 @@
 //! rate budget, and a rate-limit 429 pauses that budget for every process.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use shared::db::customers::CustomerRow;
@@ -10,29 +11,36 @@ use shared::stripe::{StripeClient, StripeError};
 use super::{CallError, ProviderApi};
 use crate::budget::Budget;
 
-/// The Stripe provider: the client and the account's shared rate budget.
+/// The Stripe provider: the client and the account's shared rate budgets, one for
+/// writes and one for reads (the same one unless they were split).
 pub struct Stripe {
     client: StripeClient,
-    budget: Budget,
+    writes: Arc<Budget>,
+    reads: Arc<Budget>,
 }
 
 impl Stripe {
-    /// Calls through `client` within `budget`.
-    pub fn new(client: StripeClient, budget: Budget) -> Self {
-        Self { client, budget }
+    /// Calls through `client`, writing within `writes` and reading within `reads`.
+    pub fn new(client: StripeClient, writes: Arc<Budget>, reads: Arc<Budget>) -> Self {
+        Self {
+            client,
+            writes,
+            reads,
+        }
     }
 
-    /// Runs one API call in its budget slot.
+    /// Runs one API call in a slot of `budget`.
     async fn call<T>(
         &self,
+        budget: &Budget,
         request: impl Future<Output = Result<T, StripeError>>,
     ) -> Result<T, CallError> {
-        self.budget.acquire().await;
+        budget.acquire().await;
         match request.await {
             Ok(answer) => Ok(answer),
             Err(e) => {
                 if e.is_rate_limit() {
-                    self.budget.slow_down(e.retry_after()).await;
+                    budget.slow_down(e.retry_after()).await;
                 }
                 Err(e.into())
             }
@@ -74,12 +82,15 @@ impl ProviderApi for Stripe {
 
     async fn create(&self, customer: &CustomerRow, key: &str) -> Result<Option<String>, CallError> {
         let created = self
-            .call(self.client.create_customer(
-                customer.id.as_str(),
-                &customer.name,
-                &customer.email,
-                key,
-            ))
+            .call(
+                &self.writes,
+                self.client.create_customer(
+                    customer.id.as_str(),
+                    &customer.name,
+                    &customer.email,
+                    key,
+                ),
+            )
             .await?;
         Ok(Some(created.id))
     }
@@ -93,6 +104,7 @@ impl ProviderApi for Stripe {
         let id = external_id
             .ok_or_else(|| CallError::Permanent("no Stripe customer to update".into()))?;
         self.call(
+            &self.writes,
             self.client
                 .update_customer(id, &customer.name, &customer.email, key),
         )
@@ -107,7 +119,8 @@ impl ProviderApi for Stripe {
     ) -> Result<(), CallError> {
         let id = external_id
             .ok_or_else(|| CallError::Permanent("no Stripe customer to delete".into()))?;
-        self.call(self.client.delete_customer(id)).await
+        self.call(&self.writes, self.client.delete_customer(id))
+            .await
     }
 
     async fn find_existing(
@@ -117,7 +130,10 @@ impl ProviderApi for Stripe {
     ) -> Result<Option<String>, CallError> {
         for email in emails {
             let found = self
-                .call(self.client.find_customer(customer.id.as_str(), email))
+                .call(
+                    &self.reads,
+                    self.client.find_customer(customer.id.as_str(), email),
+                )
                 .await?;
             if let Some(found) = found {
                 return Ok(Some(found.id));

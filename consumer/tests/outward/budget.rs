@@ -188,3 +188,27 @@ async fn background_work_takes_what_live_traffic_leaves_and_never_less_than_its_
     );
     assert!(alone >= 0.9 * BUDGET, "{alone:.1} background slots/s alone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_and_writes_get_budgets_of_their_own_when_split() {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Account {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        class: String,
+    }
+    let stack = stack(SandboxConfig::default()).await;
+    create(&stack, 1).await;
+    let env = [("STRIPE_MAX_READ_RPS", "5"), ("STRIPE_MAX_WRITE_RPS", "50")];
+    let mut consumer = stack.consumer_process(&env);
+    stack.drained(1).await;
+    consumer.kill().unwrap();
+    consumer.wait().unwrap();
+    let accounts: Vec<Account> = diesel::sql_query(
+        "SELECT split_part(account, ':', 1) AS class FROM provider_budgets ORDER BY 1",
+    )
+    .load(&mut stack.db.connect())
+    .unwrap();
+    let classes: Vec<String> = accounts.into_iter().map(|a| a.class).collect();
+    assert_eq!(classes, ["stripe-read", "stripe-write"]);
+}

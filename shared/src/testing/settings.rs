@@ -58,6 +58,7 @@ pub fn consumer(common: CommonSettings) -> ConsumerSettings {
         common,
         concurrency: 8,
         stripe_max_rps: 1000,
+        stripe_read_write_rps: None,
         max_attempts: 12,
         sweep_interval: Duration::from_millis(200),
         lease: Duration::from_secs(30),
