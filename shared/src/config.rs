@@ -79,6 +79,10 @@ pub struct CommonArgs {
         default_value = "Customer_Id__c"
     )]
     pub salesforce_external_id_field: String,
+    /// Percent of the org's daily API allocation (from Sforce-Limit-Info) past which
+    /// background work slows; from 95% only live writes call Salesforce
+    #[arg(long, env = "SALESFORCE_SLOW_BACKGROUND_PERCENT", default_value = "80")]
+    pub salesforce_slow_background_percent: String,
     /// Log format: pretty or json (RUST_LOG filters)
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
@@ -115,6 +119,8 @@ pub struct SalesforceSettings {
     pub api_version: String,
     /// The Contact external-id field holding the local id.
     pub external_id_field: String,
+    /// Daily allocation used, in percent, past which background work slows.
+    pub slow_background_percent: u64,
 }
 
 /// Validated settings shared by the server and the consumers.
@@ -258,6 +264,12 @@ impl TryFrom<CommonArgs> for CommonSettings {
                     client_secret: secret.into(),
                     api_version,
                     external_id_field: field,
+                    slow_background_percent: number(
+                        &args.salesforce_slow_background_percent,
+                        "SALESFORCE_SLOW_BACKGROUND_PERCENT",
+                        1,
+                        94,
+                    )?,
                 })
             }
             (None, _, _) => {

@@ -112,7 +112,7 @@ impl SalesforceClient {
             settings: settings.clone(),
             token: RwLock::new(None),
             refreshing: Mutex::new(0),
-            allocation: Allocation::default(),
+            allocation: Allocation::new(settings.slow_background_percent),
         })
     }
 

@@ -1,14 +1,12 @@
 //! Salesforce's daily API allocation, as each response's `Sforce-Limit-Info`
 //! (`api-usage=USED/LIMIT`) reports it, turned into what callers may still do: everything
-//! below [`SLOW_BACKGROUND_AT`] percent, only a slowed share for background work (imports,
-//! reconciles) above it, and only live writes from [`LIVE_WRITES_ONLY_AT`] percent. Each
-//! crossing is logged once, up or down.
+//! below `SALESFORCE_SLOW_BACKGROUND_PERCENT` (80 by default), only a slowed share for
+//! background work (imports, reconciles) above it, and only live writes from
+//! [`LIVE_WRITES_ONLY_AT`] percent. Each crossing is logged once, up or down.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Usage, in percent of the daily allocation, from which background work slows.
-pub const SLOW_BACKGROUND_AT: u64 = 80;
-/// Usage from which nothing but live writes may call.
+/// Usage, in percent of the daily allocation, from which nothing but live writes may call.
 pub const LIVE_WRITES_ONLY_AT: u64 = 95;
 
 /// What the allocation still allows.
@@ -23,11 +21,11 @@ pub enum Allowance {
 }
 
 impl Allowance {
-    fn of(used: u64, limit: u64) -> Self {
+    fn of(used: u64, limit: u64, slow_background_at: u64) -> Self {
         let percent = used.saturating_mul(100) / limit.max(1);
         if percent >= LIVE_WRITES_ONLY_AT {
             Allowance::LiveWritesOnly
-        } else if percent >= SLOW_BACKGROUND_AT {
+        } else if percent >= slow_background_at {
             Allowance::SlowBackground
         } else {
             Allowance::Everything
@@ -54,12 +52,21 @@ pub fn parse_usage(header: &str) -> Option<(u64, u64)> {
 }
 
 /// The org's allowance as last reported, shared by every call of one client.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Allocation {
     level: AtomicU8,
+    slow_background_at: u64,
 }
 
 impl Allocation {
+    /// Tracks an org whose background work slows past `slow_background_at` percent.
+    pub fn new(slow_background_at: u64) -> Self {
+        Self {
+            level: AtomicU8::new(Allowance::Everything as u8),
+            slow_background_at,
+        }
+    }
+
     /// What the last report allows.
     pub fn allowance(&self) -> Allowance {
         Allowance::from_u8(self.level.load(Ordering::Relaxed))
@@ -69,14 +76,14 @@ impl Allocation {
     /// crossed a threshold (and logs it), `None` otherwise.
     pub fn report(&self, header: &str) -> Option<Allowance> {
         let (used, limit) = parse_usage(header)?;
-        let now = Allowance::of(used, limit);
+        let now = Allowance::of(used, limit, self.slow_background_at);
         let before = Allowance::from_u8(self.level.swap(now as u8, Ordering::Relaxed));
         if now == before {
             return None;
         }
         match now {
-            Allowance::Everything => tracing::info!(used, limit, "Salesforce API usage back under {SLOW_BACKGROUND_AT}% of the daily allocation: every call resumes"),
-            Allowance::SlowBackground => tracing::warn!(used, limit, "Salesforce API usage past {SLOW_BACKGROUND_AT}% of the daily allocation: background work slows down"),
+            Allowance::Everything => tracing::info!(used, limit, "Salesforce API usage back under {}% of the daily allocation: every call resumes", self.slow_background_at),
+            Allowance::SlowBackground => tracing::warn!(used, limit, "Salesforce API usage past {}% of the daily allocation: background work slows down", self.slow_background_at),
             Allowance::LiveWritesOnly => tracing::warn!(used, limit, "Salesforce API usage past {LIVE_WRITES_ONLY_AT}% of the daily allocation: only live writes call Salesforce"),
         }
         Some(now)
@@ -101,7 +108,7 @@ mod tests {
 
     #[test]
     fn each_crossing_is_reported_once_in_either_direction() {
-        let allocation = Allocation::default();
+        let allocation = Allocation::new(80);
         assert_eq!(allocation.report("api-usage=100/1000"), None);
         assert_eq!(allocation.report("api-usage=799/1000"), None);
         assert_eq!(

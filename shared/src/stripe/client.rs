@@ -325,6 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn only_a_rate_limit_429_slows_the_whole_account() {
+        let with_code = |code: &str| StripeError::Api {
+            status: 429,
+            code: Some(code.to_owned()),
+            message: String::new(),
+            should_retry: None,
+            retry_after: None,
+        };
+        assert!(with_code("rate_limit").is_rate_limit());
+        assert!(api(429, None).is_rate_limit());
+        // One object written concurrently: that task retries, the account does not slow.
+        assert!(!with_code("lock_timeout").is_rate_limit());
+        assert_eq!(with_code("lock_timeout").next(), Next::RetrySameKey);
+        assert!(!api(409, None).is_rate_limit());
+        assert!(!api(500, None).is_rate_limit());
+    }
+
+    #[test]
     fn errors_are_sorted_as_spec_says() {
         assert_eq!(
             StripeError::Transport("t".into()).next(),

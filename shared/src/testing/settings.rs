@@ -33,6 +33,7 @@ pub fn salesforce(login_url: &str, client_id: &str, client_secret: &str) -> Sale
         client_secret: client_secret.to_owned().into(),
         api_version: "66.0".into(),
         external_id_field: "Customer_Id__c".into(),
+        slow_background_percent: 80,
     }
 }
 
