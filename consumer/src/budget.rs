@@ -8,7 +8,7 @@
 //!
 //! Live writes (the changes users make) come first: background work (imports,
 //! reconciles, catch-up) calls [`Budget::acquire_background`], which takes slots only
-//! when live traffic leaves the budget idle, and otherwise [`FLOOR`] of the rate, so it
+//! when live traffic holds none ahead of now, and otherwise [`FLOOR`] of the rate, so it
 //! always progresses.
 
 use std::time::Duration;
@@ -74,16 +74,17 @@ impl Held {
 }
 
 impl Budget {
-    /// The budget of the account `name` of `provider` at `per_second` calls, created in
-    /// PostgreSQL if new. Only a digest of the account's key names it there.
+    /// The budget `class` (`stripe`, or `stripe-read` and `stripe-write` when split) of
+    /// the account whose API key is `key`, at `per_second` calls, created in PostgreSQL if
+    /// new. Only a digest of the key names it there.
     pub async fn open(
         pool: PgPool,
-        provider: &str,
+        class: &str,
         key: &str,
         per_second: u32,
     ) -> Result<Self, DbError> {
         let digest = hex::encode(Sha256::digest(key.as_bytes()));
-        let account = format!("{provider}:{}", &digest[..16]);
+        let account = format!("{class}:{}", &digest[..16]);
         let per_second = f64::from(per_second.max(1));
         let slice = (per_second * SLICE.as_secs_f64()).ceil().max(1.0) as u32;
         let name = account.clone();
