@@ -117,10 +117,35 @@ pub fn commit(
             .position(|(c, _)| matches!(c, Command::Create(_)) != creating)
             .unwrap_or(rest.len());
         let (now, later) = rest.split_at(run);
-        if creating {
-            answers.extend(create_run(conn, now, providers)?);
+        let written = if creating {
+            create_run(conn, now, providers)
         } else {
-            answers.extend(change_run(conn, now, providers)?);
+            change_run(conn, now, providers)
+        };
+        match written {
+            Ok(run_answers) => answers.extend(run_answers),
+            // Each run commits on its own, so earlier runs stand whatever this one does:
+            // a run that fails as a whole is retried one command at a time, and nothing
+            // fails the batch once a run has committed.
+            Err(DbError::Unexpected(e)) if now.len() > 1 => {
+                tracing::warn!(error = %e, size = now.len(), "a run failed; committing its commands one by one");
+                for (command, origin) in now {
+                    answers.push(commit_one(conn, command.clone(), origin.clone(), providers));
+                }
+            }
+            Err(e) if answers.is_empty() => return Err(e),
+            Err(e) => {
+                let message = e.to_string();
+                answers.extend(now.iter().map(|_| {
+                    Err(CatalogError::Db(match &e {
+                        DbError::Unavailable(_) => DbError::Unavailable(message.clone()),
+                        DbError::Conflict(_) => DbError::Conflict(message.clone()),
+                        DbError::Unexpected(_) => {
+                            DbError::Unexpected(anyhow::anyhow!(message.clone()))
+                        }
+                    }))
+                }));
+            }
         }
         rest = later;
     }
@@ -128,6 +153,8 @@ pub fn commit(
 }
 
 /// Commits one command alone.
+///
+/// (Also the fallback of a run that failed as a whole inside [`commit`].)
 pub fn commit_one(
     conn: &mut PgConnection,
     command: Command,

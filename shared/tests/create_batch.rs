@@ -99,6 +99,76 @@ fn a_batch_answers_each_item_as_a_single_create_would() {
 }
 
 #[test]
+fn a_failing_run_leaves_the_runs_before_it_answered_and_its_other_commands_committed() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    let providers = [Provider::Stripe];
+    for (id, name) in [("x", "Xena"), ("y", "Yann")] {
+        let (create, origin) = item(id, name, "r0");
+        catalog::commit_one(&mut conn, create, origin, &providers).unwrap();
+    }
+    // An update PostgreSQL refuses, as an unexpected error would.
+    diesel::sql_query(
+        "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.name = 'Boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query(
+        "CREATE TRIGGER refuse_boom BEFORE UPDATE ON customers \
+         FOR EACH ROW EXECUTE FUNCTION refuse_boom()",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    let update = |id: &str, name: &str| {
+        (
+            Command::Update {
+                id: CustomerId::parse(id).unwrap(),
+                name: Some(CustomerName::parse(name).unwrap()),
+                email: None,
+            },
+            Origin::default(),
+        )
+    };
+    let batch = vec![
+        item("a", "Ada", "r1"),
+        update("x", "Boom"),
+        update("y", "Yves"),
+    ];
+    // Before, the failed update run failed the whole batch after the create had committed.
+    let answers = catalog::commit(&mut conn, &batch, &providers).unwrap();
+
+    let created = answers[0].as_ref().expect("the create stands");
+    assert!(created.changed);
+    assert_eq!(
+        created.tasks.len(),
+        1,
+        "its task is answered, so it is published"
+    );
+    assert!(
+        matches!(answers[1], Err(CatalogError::Db(_))),
+        "{:?}",
+        answers[1]
+    );
+    let yves = answers[2]
+        .as_ref()
+        .expect("the other update is committed on its own");
+    assert_eq!(yves.customer.name, "Yves");
+    assert_eq!(yves.tasks.len(), 1);
+    use shared::db::schema::customers;
+    let names: Vec<(String, String)> = customers::table
+        .select((customers::id, customers::name))
+        .order(customers::id)
+        .load(&mut conn)
+        .unwrap();
+    let names: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(i, n)| (i.as_str(), n.as_str()))
+        .collect();
+    assert_eq!(names, [("a", "Ada"), ("x", "Xena"), ("y", "Yves")]);
+}
+
+#[test]
 fn a_batch_without_providers_creates_customers_and_no_tasks() {
     let db = TestDatabase::create();
     let mut conn = db.connect();
