@@ -1021,10 +1021,8 @@ const GREETING_LEN: usize = 64;
 
 /// Reads the server's greeting and its answer to our READY.
 async fn answered_handshake(stream: &mut TcpStream) -> io::Result<()> {
-    let mut greeting = [0u8; GREETING_LEN];
-    stream.read_exact(&mut greeting).await?;
-    match zmtp::read_frame(stream).await {
-        Some(frame) if frame.body.starts_with(b"\x05READY") => Ok(()),
+    match zmtp::answer(stream).await {
+        Some(body) if body.starts_with(b"\x05READY") => Ok(()),
         Some(_) => Err(io::ErrorKind::PermissionDenied.into()),
         None => Err(io::ErrorKind::UnexpectedEof.into()),
     }

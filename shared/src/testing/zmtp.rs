@@ -79,12 +79,16 @@ pub async fn handshake(address: &str) -> (TcpStream, Option<Vec<u8>>) {
     let mut hello = greeting("NULL", false);
     hello.extend_from_slice(&ready("SUB"));
     stream.write_all(&hello).await.expect("sending a greeting");
-    let mut theirs = [0u8; 64];
-    if stream.read_exact(&mut theirs).await.is_err() {
-        return (stream, None);
-    }
-    let answer = read_frame(&mut stream).await.map(|f| f.body);
+    let answer = answer(&mut stream).await;
     (stream, answer)
+}
+
+/// After our greeting and READY: skips the server's greeting and returns the body of its
+/// answer (READY, or ERROR), or `None` when it closed the connection.
+pub async fn answer(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut theirs = [0u8; 64];
+    stream.read_exact(&mut theirs).await.ok()?;
+    read_frame(stream).await.map(|f| f.body)
 }
 
 /// Reads and discards until the peer closes the connection; false if it is still open
