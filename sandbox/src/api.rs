@@ -3,7 +3,6 @@
 //! execution, and failures after commit. Then the routes in `routes/` do the work.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use crate::error::ApiError;
 use crate::form::Params;
 use crate::routes::Route;
 use crate::store::{new_id, Cause, Store};
+use crate::webhooks::Outbox;
 use shared::stripe::API_VERSION;
 
 /// One API request as the sandbox answered it.
@@ -120,24 +120,25 @@ pub struct Shared {
     pub knobs: Mutex<Knobs>,
     keys: Mutex<HashMap<String, KeyState>>,
     pub log: Mutex<Vec<RequestRecord>>,
-    pub pending_webhooks: Arc<AtomicUsize>,
+    /// The webhook queue; none without a webhook URL.
+    pub outbox: Option<Arc<Outbox>>,
     started: Instant,
 }
 
 impl Shared {
-    pub fn new(store: Arc<Mutex<Store>>, knobs: Knobs, pending: Arc<AtomicUsize>) -> Self {
+    pub fn new(store: Arc<Mutex<Store>>, knobs: Knobs, outbox: Option<Arc<Outbox>>) -> Self {
         Self {
             store,
             knobs: Mutex::new(knobs),
             keys: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
-            pending_webhooks: pending,
+            outbox,
             started: Instant::now(),
         }
     }
 
     pub fn pending_deliveries(&self) -> usize {
-        self.pending_webhooks.load(Ordering::SeqCst)
+        self.outbox.as_ref().map_or(0, |outbox| outbox.pending())
     }
 }
 
@@ -232,7 +233,7 @@ fn authenticate(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Query string and (for POST) the form body, merged.
-fn parameters(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+pub fn parameters(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let unparsable = || ApiError::invalid("Invalid request: the parameters could not be parsed.");
     let mut pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(req.query_string()).map_err(|_| unparsable())?;

@@ -30,6 +30,10 @@ pub struct SandboxConfig {
     pub shuffle: bool,
     /// Seed for every random choice, for reproducible runs.
     pub seed: Option<u64>,
+    /// Customers the account starts with, older than 30 days of events and without any.
+    pub seed_customers: usize,
+    /// Invoices the account starts with, spread over the seeded customers, without events.
+    pub seed_invoices: usize,
 }
 
 /// A fresh random `whsec_` secret.
@@ -51,6 +55,8 @@ impl Default for SandboxConfig {
             duplicate_rate: 0.0,
             shuffle: false,
             seed: None,
+            seed_customers: 0,
+            seed_invoices: 0,
         }
     }
 }
@@ -69,6 +75,8 @@ impl std::fmt::Debug for SandboxConfig {
             .field("duplicate_rate", &self.duplicate_rate)
             .field("shuffle", &self.shuffle)
             .field("seed", &self.seed)
+            .field("seed_customers", &self.seed_customers)
+            .field("seed_invoices", &self.seed_invoices)
             .finish()
     }
 }
@@ -90,6 +98,9 @@ impl SandboxConfig {
             if !(0.0..=1.0).contains(&rate) {
                 bail!("{name} must be between 0 and 1, not {rate}");
             }
+        }
+        if self.seed_invoices > 0 && self.seed_customers == 0 {
+            bail!("SANDBOX_SEED_INVOICES needs SANDBOX_SEED_CUSTOMERS: invoices are billed to seeded customers");
         }
         if self.max_rps == Some(0) {
             bail!("SANDBOX_MAX_RPS must be at least 1");
@@ -146,6 +157,12 @@ pub struct Cli {
     /// Seed for every random choice, for reproducible runs
     #[arg(long, env = "SANDBOX_SEED")]
     pub seed: Option<u64>,
+    /// Customers the account starts with ("Seed Customer N", seedN@example.com), older than 30 days and without events
+    #[arg(long, env = "SANDBOX_SEED_CUSTOMERS", default_value_t = 0)]
+    pub seed_customers: usize,
+    /// Invoices the account starts with, paid and open, spread over the seeded customers, without events
+    #[arg(long, env = "SANDBOX_SEED_INVOICES", default_value_t = 0)]
+    pub seed_invoices: usize,
 }
 
 impl Cli {
@@ -163,6 +180,8 @@ impl Cli {
             duplicate_rate: self.duplicate_rate,
             shuffle: self.shuffle,
             seed: self.seed,
+            seed_customers: self.seed_customers,
+            seed_invoices: self.seed_invoices,
         };
         (config, generated)
     }

@@ -7,18 +7,19 @@
 
 mod api;
 mod config;
+mod control;
 mod error;
 mod form;
 mod routes;
 pub mod salesforce;
+mod seed;
 mod store;
 mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
@@ -27,9 +28,12 @@ use rand::SeedableRng;
 
 pub use api::RequestRecord;
 pub use config::{random_webhook_secret, Cli, SandboxConfig};
+pub use control::ControlError;
+pub use seed::SeedError;
 
 use api::{Knobs, Shared};
 use error::ApiError;
+use form::Params;
 use store::Store;
 
 /// A Stripe customer as the sandbox holds it.
@@ -66,31 +70,30 @@ impl Sandbox {
         };
         let mut rng = || StdRng::from_rng(&mut seeds).expect("a seeded generator");
 
-        let pending = Arc::new(AtomicUsize::new(0));
-        let (outbox, receiver) = match &config.webhook_url {
-            Some(_) => {
-                let (outbox, rx) = webhooks::Outbox::new(config.duplicate_rate, pending.clone());
-                (Some(outbox), Some(rx))
-            }
-            None => (None, None),
-        };
-        let store = Arc::new(Mutex::new(Store::new(rng(), outbox)));
+        let outbox = config
+            .webhook_url
+            .as_ref()
+            .map(|_| webhooks::Outbox::new(config.duplicate_rate));
+        let store = Arc::new(Mutex::new(Store::new(rng(), outbox.clone())));
         let shared = Arc::new(Shared::new(
             store.clone(),
             Knobs::new(&config, rng()),
-            pending.clone(),
+            outbox.clone(),
         ));
-        let deliveries = match (config.webhook_url.clone(), receiver) {
-            (Some(url), Some(rx)) => {
+        if config.seed_customers > 0 || config.seed_invoices > 0 {
+            seed_store(&shared, config.seed_customers, config.seed_invoices)?;
+        }
+        let deliveries = match (config.webhook_url.clone(), outbox) {
+            (Some(url), Some(outbox)) => {
                 let deliverer = webhooks::Deliverer {
                     url,
                     secret: config.webhook_secret.clone(),
                     shuffle: config.shuffle,
                     rng: rng(),
-                    pending,
+                    outbox,
                     store,
                 };
-                Some(tokio::spawn(deliverer.run(rx)))
+                Some(tokio::spawn(deliverer.run()))
             }
             _ => None,
         };
@@ -104,6 +107,7 @@ impl Sandbox {
                 .app_data(salesforce_data.clone())
                 .app_data(web::PayloadConfig::new(1024 * 1024))
                 .configure(salesforce::configure)
+                .configure(control::configure)
                 .default_service(web::to(api::handle))
         })
         .workers(2)
@@ -185,9 +189,7 @@ impl Sandbox {
             .unwrap_or_else(PoisonError::into_inner);
         store
             .customers
-            .order
-            .iter()
-            .filter_map(|id| store.customers.get(id))
+            .oldest_first()
             .map(|c| CustomerSnapshot {
                 id: c.id.clone(),
                 name: c.name.clone(),
@@ -208,9 +210,7 @@ impl Sandbox {
             .unwrap_or_else(PoisonError::into_inner);
         store
             .invoices
-            .order
-            .iter()
-            .filter_map(|id| store.invoices.get(id))
+            .oldest_first()
             .map(|i| i.to_json(&store))
             .collect()
     }
@@ -222,12 +222,7 @@ impl Sandbox {
             .store
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        store
-            .events
-            .order
-            .iter()
-            .filter_map(|id| store.events.get(id).cloned())
-            .collect()
+        store.events.oldest_first().cloned().collect()
     }
 
     /// Every API request with its answer, oldest first.
@@ -305,6 +300,48 @@ impl Sandbox {
         }
     }
 
+    /// Holds every webhook delivery, new ones and retries, until
+    /// [`Sandbox::resume_webhooks`]; events are still created and listed, and held
+    /// deliveries count as pending. A delivery already being sent finishes.
+    pub fn pause_webhooks(&self) {
+        control::pause_webhooks(&self.shared);
+    }
+
+    /// Lets the held deliveries go out, in order.
+    pub fn resume_webhooks(&self) {
+        control::resume_webhooks(&self.shared);
+    }
+
+    /// Forgets every event created so far, as if 30 days had passed (`/v1/events` no longer
+    /// lists them, retrieving one is a 404), and drops their pending deliveries; returns how
+    /// many events were forgotten.
+    pub fn expire_events(&self) -> usize {
+        control::expire_events(&self.shared).0
+    }
+
+    /// Changes a customer as `POST /v1/customers/{id}` with these form fields would (same
+    /// validation; `metadata[k]=` unsets a key), without creating an event; returns the
+    /// customer as Stripe renders it.
+    pub fn silent_update(
+        &self,
+        id: &str,
+        form: &[(&str, &str)],
+    ) -> Result<serde_json::Value, ControlError> {
+        let pairs = form
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let params = Params::parse(pairs)?;
+        Ok(control::silent_update(&self.shared, id, &params)?)
+    }
+
+    /// Adds `customers` customers ("Seed Customer N", `seedN@example.com`) and `invoices`
+    /// invoices spread over them (paid and open, one item each), older than anything
+    /// already there and than 30 days of events, without any event.
+    pub fn seed(&self, customers: usize, invoices: usize) -> Result<(), SeedError> {
+        seed_store(&self.shared, customers, invoices)
+    }
+
     /// Stops serving (finishing requests under way) and stops webhook delivery.
     pub async fn stop(mut self) {
         if let Some(deliveries) = self.deliveries.take() {
@@ -312,6 +349,20 @@ impl Sandbox {
         }
         self.server.stop(true).await;
     }
+}
+
+/// Seeds under the store's lock and logs what it made and how long it took.
+fn seed_store(shared: &Shared, customers: usize, invoices: usize) -> Result<(), SeedError> {
+    let started = Instant::now();
+    let mut store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
+    seed::seed(&mut store, customers, invoices)?;
+    tracing::info!(
+        customers,
+        invoices,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "seeded the account (no events)"
+    );
+    Ok(())
 }
 
 impl Drop for Sandbox {

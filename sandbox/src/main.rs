@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
     let (config, generated_secret) = Cli::parse().into_config();
     let secret = config.webhook_secret.clone();
     let webhook_url = config.webhook_url.clone();
+    let seeded = (config.seed_customers, config.seed_invoices);
     let sandbox = Sandbox::start(config).await?;
 
     println!("Stripe sandbox listening on {}", sandbox.base_url());
@@ -21,6 +22,12 @@ async fn main() -> anyhow::Result<()> {
     match webhook_url {
         Some(url) => println!("  Webhooks: {url}"),
         None => println!("  Webhooks: not delivered (set --webhook-url)"),
+    }
+    if seeded != (0, 0) {
+        println!(
+            "  Seeded:   {} customers and {} invoices, older than 30 days, without events",
+            seeded.0, seeded.1
+        );
     }
     if generated_secret {
         // Printed on purpose: the receiver needs it, and it was generated for this run only.

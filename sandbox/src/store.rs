@@ -1,7 +1,8 @@
 //! The in-memory account: customers, invoices, invoice items and events, all behind one lock
 //! so that a change and its event are one step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -54,6 +55,27 @@ pub struct Customer {
 }
 
 impl Customer {
+    /// A customer with nothing set but its id, creation time and invoice prefix.
+    pub fn new(id: String, created: i64, invoice_prefix: String) -> Self {
+        Self {
+            id,
+            created,
+            name: None,
+            email: None,
+            description: None,
+            phone: None,
+            address: None,
+            metadata: BTreeMap::new(),
+            preferred_locales: Vec::new(),
+            balance: 0,
+            tax_exempt: "none".into(),
+            currency: None,
+            invoice_prefix,
+            next_invoice_sequence: 1,
+            deleted: false,
+        }
+    }
+
     /// Stripe's customer object, with every key of `stripe-fixtures/customer.json`.
     pub fn to_json(&self) -> Value {
         json!({
@@ -325,61 +347,156 @@ impl Invoice {
     }
 }
 
-/// Objects in creation order plus an index by id.
+/// Where a newest-first walk through a table starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// From the newest object, towards older ones.
+    Newest,
+    /// From the object just older than this position, towards older ones.
+    OlderThan(i64),
+    /// From the object just newer than this position, towards newer ones (oldest first).
+    NewerThan(i64),
+}
+
+/// Which positions of a table a walk visits: all, or those of an index.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    Only(&'a BTreeSet<i64>),
+}
+
+/// An index with nothing in it, for a filter value no object has.
+pub static NOTHING: BTreeSet<i64> = BTreeSet::new();
+
+/// Objects in creation order plus an index by id. Each object has a position (its place in
+/// the order), so that a page starts at a cursor in O(log n) rather than by a scan.
 #[derive(Debug)]
 pub struct Table<T> {
-    pub by_id: HashMap<String, T>,
-    pub order: Vec<String>,
+    by_id: HashMap<String, (i64, T)>,
+    order: BTreeMap<i64, String>,
+    next: i64,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Self {
             by_id: HashMap::new(),
-            order: Vec::new(),
+            order: BTreeMap::new(),
+            next: 0,
         }
     }
 }
 
 impl<T> Table<T> {
-    pub fn insert(&mut self, id: String, value: T) {
-        self.order.push(id.clone());
-        self.by_id.insert(id, value);
+    /// Adds an object after every other one; returns its position.
+    pub fn insert(&mut self, id: String, value: T) -> i64 {
+        let position = self.next;
+        self.next += 1;
+        self.order.insert(position, id.clone());
+        self.by_id.insert(id, (position, value));
+        position
+    }
+
+    /// Adds objects (oldest first) before every existing one, as history that predates
+    /// them; returns the position of the first.
+    pub fn prepend(&mut self, items: Vec<(String, T)>) -> i64 {
+        let first = self.order.keys().next().copied().unwrap_or(self.next);
+        let start = first - items.len() as i64;
+        self.by_id.reserve(items.len());
+        for (offset, (id, value)) in items.into_iter().enumerate() {
+            let position = start + offset as i64;
+            self.order.insert(position, id.clone());
+            self.by_id.insert(id, (position, value));
+        }
+        start
+    }
+
+    /// Takes an object out; its position is not reused.
+    pub fn remove(&mut self, id: &str) -> Option<T> {
+        let (position, value) = self.by_id.remove(id)?;
+        self.order.remove(&position);
+        Some(value)
+    }
+
+    /// Forgets every object; returns how many there were.
+    pub fn clear(&mut self) -> usize {
+        let count = self.by_id.len();
+        self.by_id.clear();
+        self.order.clear();
+        count
     }
 
     pub fn get(&self, id: &str) -> Option<&T> {
-        self.by_id.get(id)
+        self.by_id.get(id).map(|(_, value)| value)
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut T> {
-        self.by_id.get_mut(id)
+        self.by_id.get_mut(id).map(|(_, value)| value)
     }
 
-    /// Newest first, as Stripe lists.
-    pub fn newest_first(&self) -> impl Iterator<Item = &T> {
-        self.order.iter().rev().filter_map(|id| self.by_id.get(id))
+    /// The object's place in the order.
+    pub fn position(&self, id: &str) -> Option<i64> {
+        self.by_id.get(id).map(|(position, _)| *position)
+    }
+
+    fn at(&self, position: i64) -> Option<&T> {
+        self.order.get(&position).and_then(|id| self.get(id))
+    }
+
+    /// Oldest first.
+    pub fn oldest_first(&self) -> impl Iterator<Item = &T> {
+        self.order.values().filter_map(|id| self.get(id))
+    }
+
+    /// The objects of `scope` from `start` on, one step per object visited.
+    pub fn walk<'a>(
+        &'a self,
+        scope: Scope<'a>,
+        start: Start,
+    ) -> Box<dyn Iterator<Item = &'a T> + 'a> {
+        let positions: Box<dyn Iterator<Item = i64> + 'a> = match (scope, start) {
+            (Scope::All, Start::Newest) => Box::new(self.order.keys().rev().copied()),
+            (Scope::All, Start::OlderThan(p)) => {
+                Box::new(self.order.range(..p).rev().map(|(k, _)| *k))
+            }
+            (Scope::All, Start::NewerThan(p)) => {
+                Box::new(self.order.range(p + 1..).map(|(k, _)| *k))
+            }
+            (Scope::Only(set), Start::Newest) => Box::new(set.iter().rev().copied()),
+            (Scope::Only(set), Start::OlderThan(p)) => Box::new(set.range(..p).rev().copied()),
+            (Scope::Only(set), Start::NewerThan(p)) => Box::new(set.range(p + 1..).copied()),
+        };
+        Box::new(positions.filter_map(move |p| self.at(p)))
     }
 }
 
 /// The account's state.
 pub struct Store {
     pub customers: Table<Customer>,
+    /// Customer positions by exact email, so that listing by email does not scan every
+    /// customer. Kept in step by [`Store::insert_customer`] and [`Store::replace_customer`]:
+    /// change a customer's email only through those.
+    pub customer_emails: HashMap<String, BTreeSet<i64>>,
     pub invoices: Table<Invoice>,
     pub invoice_items: Table<InvoiceItem>,
     pub events: Table<Value>,
     pub invoice_sequence: u64,
+    /// How many customers seeding made, so that the next seeded one gets the next number.
+    pub seeded_customers: usize,
     pub rng: StdRng,
-    outbox: Option<Outbox>,
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl Store {
-    pub fn new(rng: StdRng, outbox: Option<Outbox>) -> Self {
+    pub fn new(rng: StdRng, outbox: Option<Arc<Outbox>>) -> Self {
         Self {
             customers: Table::default(),
+            customer_emails: HashMap::new(),
             invoices: Table::default(),
             invoice_items: Table::default(),
             events: Table::default(),
             invoice_sequence: 0,
+            seeded_customers: 0,
             rng,
             outbox,
         }
@@ -388,6 +505,72 @@ impl Store {
     pub fn id(&mut self, prefix: &str) -> String {
         let len = if prefix == "cus" { 14 } else { 24 };
         new_id(&mut self.rng, prefix, len)
+    }
+
+    /// A random `invoice_prefix`: eight uppercase hexadecimal digits.
+    pub fn invoice_prefix(&mut self) -> String {
+        (0..8)
+            .map(|_| {
+                let n = self.rng.gen_range(0..16u32);
+                char::from_digit(n, 16)
+                    .expect("a hex digit")
+                    .to_ascii_uppercase()
+            })
+            .collect()
+    }
+
+    /// Adds a customer after every other one, indexed by its email.
+    pub fn insert_customer(&mut self, customer: Customer) {
+        let email = customer.email.clone();
+        let position = self.customers.insert(customer.id.clone(), customer);
+        if let Some(email) = email {
+            self.customer_emails
+                .entry(email)
+                .or_default()
+                .insert(position);
+        }
+    }
+
+    /// Adds customers (oldest first) before every existing one, indexed by their emails.
+    pub fn prepend_customers(&mut self, customers: Vec<Customer>) {
+        let emails: Vec<Option<String>> = customers.iter().map(|c| c.email.clone()).collect();
+        let items = customers.into_iter().map(|c| (c.id.clone(), c)).collect();
+        let first = self.customers.prepend(items);
+        for (offset, email) in emails.into_iter().enumerate() {
+            if let Some(email) = email {
+                let position = first + offset as i64;
+                self.customer_emails
+                    .entry(email)
+                    .or_default()
+                    .insert(position);
+            }
+        }
+    }
+
+    /// Replaces a stored customer with a changed copy, moving it in the email index when
+    /// its email changed.
+    pub fn replace_customer(&mut self, customer: Customer) {
+        let Some(position) = self.customers.position(&customer.id) else {
+            return;
+        };
+        let slot = self.customers.get_mut(&customer.id).expect("positioned");
+        if slot.email != customer.email {
+            if let Some(old) = &slot.email {
+                if let Some(positions) = self.customer_emails.get_mut(old) {
+                    positions.remove(&position);
+                    if positions.is_empty() {
+                        self.customer_emails.remove(old);
+                    }
+                }
+            }
+            if let Some(new) = &customer.email {
+                self.customer_emails
+                    .entry(new.clone())
+                    .or_default()
+                    .insert(position);
+            }
+        }
+        *slot = customer;
     }
 
     /// Records an event in Stripe's envelope and queues its webhook delivery.
@@ -420,10 +603,115 @@ impl Store {
         self.events.insert(id, event);
     }
 
+    /// Forgets every event so far, as 30 days of retention would, and drops the deliveries
+    /// still queued for them; returns (events forgotten, deliveries dropped).
+    pub fn expire_events(&mut self) -> (usize, usize) {
+        let forgotten = self.events.clear();
+        let dropped = self
+            .outbox
+            .as_ref()
+            .map_or(0, |outbox| outbox.forget_queued());
+        (forgotten, dropped)
+    }
+
     /// A delivery was answered 2xx: the event no longer waits on the endpoint.
     pub fn mark_delivered(&mut self, event_id: &str) {
         if let Some(event) = self.events.get_mut(event_id) {
             event["pending_webhooks"] = json!(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn table(ids: &[&str]) -> Table<String> {
+        let mut table = Table::default();
+        for id in ids {
+            table.insert((*id).to_owned(), (*id).to_owned());
+        }
+        table
+    }
+
+    fn walked(table: &Table<String>, scope: Scope<'_>, start: Start) -> Vec<String> {
+        table.walk(scope, start).cloned().collect()
+    }
+
+    #[test]
+    fn a_walk_starts_next_to_its_cursor_in_either_direction() {
+        let table = table(&["a", "b", "c", "d"]);
+        let c = table.position("c").unwrap();
+        assert_eq!(
+            walked(&table, Scope::All, Start::Newest),
+            ["d", "c", "b", "a"]
+        );
+        assert_eq!(walked(&table, Scope::All, Start::OlderThan(c)), ["b", "a"]);
+        assert_eq!(walked(&table, Scope::All, Start::NewerThan(c)), ["d"]);
+        let only: BTreeSet<i64> = ["a", "c", "d"]
+            .iter()
+            .map(|id| table.position(id).unwrap())
+            .collect();
+        assert_eq!(
+            walked(&table, Scope::Only(&only), Start::OlderThan(c)),
+            ["a"]
+        );
+        let b = table.position("b").unwrap();
+        assert_eq!(
+            walked(&table, Scope::Only(&only), Start::NewerThan(b)),
+            ["c", "d"]
+        );
+    }
+
+    #[test]
+    fn prepended_objects_come_before_existing_ones_and_removal_keeps_the_order() {
+        let mut table = table(&["new"]);
+        table.prepend(vec![
+            ("old1".into(), "old1".into()),
+            ("old2".into(), "old2".into()),
+        ]);
+        let inserted = ["later"].map(|id| table.insert(id.into(), id.into()));
+        assert!(inserted[0] > table.position("new").unwrap());
+        assert_eq!(
+            table.oldest_first().cloned().collect::<Vec<_>>(),
+            ["old1", "old2", "new", "later"]
+        );
+        assert_eq!(table.remove("new").as_deref(), Some("new"));
+        assert_eq!(table.position("new"), None);
+        let old2 = table.position("old2").unwrap();
+        assert_eq!(
+            walked(&table, Scope::All, Start::NewerThan(old2)),
+            ["later"]
+        );
+        assert_eq!(table.clear(), 3);
+        assert_eq!(table.oldest_first().count(), 0);
+    }
+
+    #[test]
+    fn the_email_index_follows_a_customer_whose_email_changes() {
+        let mut store = Store::new(StdRng::seed_from_u64(1), None);
+        let mut ada = Customer::new("cus_ada".into(), 1, "AAAAAAAA".into());
+        ada.email = Some("ada@example.com".into());
+        store.insert_customer(ada.clone());
+        let mut twin = Customer::new("cus_twin".into(), 2, "BBBBBBBB".into());
+        twin.email = Some("ada@example.com".into());
+        store.insert_customer(twin);
+        assert_eq!(store.customer_emails["ada@example.com"].len(), 2);
+
+        ada.email = Some("Ada@Example.com".into());
+        store.replace_customer(ada.clone());
+        let position = store.customers.position("cus_ada").unwrap();
+        assert!(!store.customer_emails["ada@example.com"].contains(&position));
+        assert!(store.customer_emails["Ada@Example.com"].contains(&position));
+
+        ada.email = None;
+        store.replace_customer(ada);
+        assert!(
+            !store.customer_emails.contains_key("Ada@Example.com"),
+            "an emptied entry is removed"
+        );
+        assert_eq!(store.customer_emails["ada@example.com"].len(), 1);
     }
 }

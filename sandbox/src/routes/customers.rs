@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use super::{apply_metadata, created_filter, metadata_param, nullable, page, MetadataUpdate};
 use crate::error::ApiError;
 use crate::form::{Param, Params};
-use crate::store::{now, Cause, Customer, Store};
+use crate::store::{now, Cause, Customer, Scope, Store, NOTHING};
 
 const WRITABLE: &[&str] = &[
     "name",
@@ -167,34 +167,11 @@ pub fn live<'a>(store: &'a Store, id: &str, param: &str) -> Result<&'a Customer,
 pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
     let changes = changes(p)?;
     let id = store.id("cus");
-    let prefix: String = (0..8)
-        .map(|_| {
-            let n = rand::Rng::gen_range(&mut store.rng, 0..16u8);
-            char::from_digit(u32::from(n), 16)
-                .unwrap()
-                .to_ascii_uppercase()
-        })
-        .collect();
-    let mut customer = Customer {
-        id: id.clone(),
-        created: now(),
-        name: None,
-        email: None,
-        description: None,
-        phone: None,
-        address: None,
-        metadata: BTreeMap::new(),
-        preferred_locales: Vec::new(),
-        balance: 0,
-        tax_exempt: "none".into(),
-        currency: None,
-        invoice_prefix: prefix,
-        next_invoice_sequence: 1,
-        deleted: false,
-    };
+    let prefix = store.invoice_prefix();
+    let mut customer = Customer::new(id, now(), prefix);
     apply(&mut customer, changes)?;
     let object = customer.to_json();
-    store.customers.insert(id, customer);
+    store.insert_customer(customer);
     store.emit("customer.created", object.clone(), None, cause);
     Ok(object)
 }
@@ -208,14 +185,22 @@ pub fn retrieve(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> 
     }
 }
 
-pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
+/// Validates and applies an update; returns the customer and `previous_attributes`.
+fn change(
+    store: &mut Store,
+    id: &str,
+    p: &Params,
+) -> Result<(Value, Map<String, Value>), ApiError> {
     let changes = changes(p)?;
-    live(store, id, "id")?;
-    let customer = store.customers.get_mut(id).expect("checked above");
-    let mut updated = customer.clone();
+    let mut updated = live(store, id, "id")?.clone();
     let previous = apply(&mut updated, changes)?;
-    *customer = updated;
-    let object = customer.to_json();
+    let object = updated.to_json();
+    store.replace_customer(updated);
+    Ok((object, previous))
+}
+
+pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
+    let (object, previous) = change(store, id, p)?;
     if !previous.is_empty() {
         store.emit(
             "customer.updated",
@@ -225,6 +210,12 @@ pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<
         );
     }
     Ok(object)
+}
+
+/// An update validated as [`update`] but without an event, as if it happened longer ago
+/// than events are kept (the sandbox's `/_sandbox/customers/{id}/silent`).
+pub fn update_silently(store: &mut Store, id: &str, p: &Params) -> Result<Value, ApiError> {
+    change(store, id, p).map(|(object, _)| object)
 }
 
 pub fn delete(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
@@ -254,14 +245,21 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
         );
     }
     let created = created_filter(p)?;
-    let items: Vec<&Customer> = store
-        .customers
-        .newest_first()
-        .filter(|c| !c.deleted)
-        // Stripe's email filter is case-sensitive.
-        .filter(|c| email.is_none_or(|e| c.email.as_deref() == Some(e)))
-        .filter(|c| created(c.created))
-        .collect();
-    let id: fn(&Customer) -> &str = |c| &c.id;
-    page(items, id, Customer::to_json, p, "/v1/customers", "customer")
+    // Stripe's email filter is an exact, case-sensitive match: the index's keys.
+    let scope = match email {
+        None => Scope::All,
+        Some(email) => Scope::Only(store.customer_emails.get(email).unwrap_or(&NOTHING)),
+    };
+    let keep = |c: &Customer| {
+        !c.deleted && email.is_none_or(|e| c.email.as_deref() == Some(e)) && created(c.created)
+    };
+    page(
+        &store.customers,
+        scope,
+        keep,
+        Customer::to_json,
+        p,
+        "/v1/customers",
+        "customer",
+    )
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::{created_filter, page};
 use crate::error::ApiError;
 use crate::form::Params;
-use crate::store::Store;
+use crate::store::{Scope, Store};
 
 /// `customer.*` matches `customer.created`; `*` matches any run of characters.
 fn wildcard(pattern: &str, text: &str) -> bool {
@@ -55,19 +55,22 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
     }
     let delivered = p.bool("delivery_success")?;
     let created = created_filter(p)?;
-    let items: Vec<&Value> = store
-        .events
-        .newest_first()
-        .filter(|e| {
-            let t = e["type"].as_str().unwrap_or_default();
-            kind.is_none_or(|k| wildcard(k, t))
-                && kinds.as_ref().is_none_or(|ks| ks.iter().any(|k| k == t))
-                && delivered.is_none_or(|d| d == (e["pending_webhooks"] == 0))
-                && created(e["created"].as_i64().unwrap_or_default())
-        })
-        .collect();
-    let id: fn(&Value) -> &str = |e| e["id"].as_str().unwrap_or_default();
-    page(items, id, Value::clone, p, "/v1/events", "event")
+    let keep = |e: &Value| {
+        let t = e["type"].as_str().unwrap_or_default();
+        kind.is_none_or(|k| wildcard(k, t))
+            && kinds.as_ref().is_none_or(|ks| ks.iter().any(|k| k == t))
+            && delivered.is_none_or(|d| d == (e["pending_webhooks"] == 0))
+            && created(e["created"].as_i64().unwrap_or_default())
+    };
+    page(
+        &store.events,
+        Scope::All,
+        keep,
+        Value::clone,
+        p,
+        "/v1/events",
+        "event",
+    )
 }
 
 #[cfg(test)]

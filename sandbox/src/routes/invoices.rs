@@ -10,7 +10,7 @@ use super::customers::live;
 use super::{apply_metadata, created_filter, metadata_param, nullable, page};
 use crate::error::ApiError;
 use crate::form::Params;
-use crate::store::{now, Cause, Invoice, InvoiceItem, InvoiceStatus, Store};
+use crate::store::{now, Cause, Invoice, InvoiceItem, InvoiceStatus, Scope, Store};
 
 /// `POST /v1/invoices/{id}/{action}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,18 +175,16 @@ pub fn list_items(store: &Store, p: &Params) -> Result<Value, ApiError> {
     let invoice = p.str("invoice")?;
     let pending = p.bool("pending")?;
     let created = created_filter(p)?;
-    let items: Vec<&InvoiceItem> = store
-        .invoice_items
-        .newest_first()
-        .filter(|i| customer.is_none_or(|c| i.customer == c))
-        .filter(|i| invoice.is_none_or(|inv| i.invoice.as_deref() == Some(inv)))
-        .filter(|i| pending.is_none_or(|pend| pend == i.invoice.is_none()))
-        .filter(|i| created(i.created))
-        .collect();
-    let id: fn(&InvoiceItem) -> &str = |i| &i.id;
+    let keep = |i: &InvoiceItem| {
+        customer.is_none_or(|c| i.customer == c)
+            && invoice.is_none_or(|inv| i.invoice.as_deref() == Some(inv))
+            && pending.is_none_or(|pend| pend == i.invoice.is_none())
+            && created(i.created)
+    };
     page(
-        items,
-        id,
+        &store.invoice_items,
+        Scope::All,
+        keep,
         InvoiceItem::to_json,
         p,
         "/v1/invoiceitems",
@@ -250,9 +248,7 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
     let pending: Vec<String> = if include {
         store
             .invoice_items
-            .order
-            .iter()
-            .filter_map(|id| store.invoice_items.get(id))
+            .oldest_first()
             .filter(|i| i.customer == customer_id && i.invoice.is_none() && i.currency == currency)
             .map(|i| i.id.clone())
             .collect()
@@ -345,8 +341,7 @@ pub fn delete(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<
         ));
     }
     let object = invoice_json(store, id);
-    let invoice = store.invoices.by_id.remove(id).expect("exists");
-    store.invoices.order.retain(|i| i != id);
+    let invoice = store.invoices.remove(id).expect("exists");
     for item in invoice.items {
         if let Some(item) = store.invoice_items.get_mut(&item) {
             item.invoice = None;
@@ -497,15 +492,20 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
     )?;
     let method = p.str("collection_method")?;
     let created = created_filter(p)?;
-    let items: Vec<&Invoice> = store
-        .invoices
-        .newest_first()
-        .filter(|i| customer.is_none_or(|c| i.customer == c))
-        .filter(|i| status.as_deref().is_none_or(|s| i.status.as_str() == s))
-        .filter(|i| method.is_none_or(|m| i.collection_method == m))
-        .filter(|i| created(i.created))
-        .collect();
-    let id: fn(&Invoice) -> &str = |i| &i.id;
+    let keep = |i: &Invoice| {
+        customer.is_none_or(|c| i.customer == c)
+            && status.as_deref().is_none_or(|s| i.status.as_str() == s)
+            && method.is_none_or(|m| i.collection_method == m)
+            && created(i.created)
+    };
     let render = |i: &Invoice| i.to_json(store);
-    page(items, id, render, p, "/v1/invoices", "invoice")
+    page(
+        &store.invoices,
+        Scope::All,
+        keep,
+        render,
+        p,
+        "/v1/invoices",
+        "invoice",
+    )
 }

@@ -1,7 +1,7 @@
 //! Stripe's endpoints: one module per resource; each handler validates its parameters first
 //! (errors not stored under an idempotency key), then executes against the store.
 
-mod customers;
+pub mod customers;
 mod events;
 mod invoices;
 
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::form::{Param, Params};
-use crate::store::{Cause, Store};
+use crate::store::{Cause, Scope, Start, Store, Table};
 
 /// A recognised endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,11 +100,19 @@ impl Route {
     }
 }
 
-/// One page of a newest-first list in Stripe's shape `{object, data, has_more, url}`; only
-/// the page's objects are rendered, so long lists stay cheap.
-pub fn page<T>(
-    items: Vec<&T>,
-    id: fn(&T) -> &str,
+/// One page of a newest-first list in Stripe's shape `{object, data, has_more, url}`.
+///
+/// The page starts at its cursor's position (found through the table's index, not by a
+/// scan) and walks `scope`, keeping what `keep` accepts, until it has one object more than
+/// `limit`; only the page's objects are rendered. So a page costs what it returns, not the
+/// size of the list. A cursor is any object of the table, even one the filters leave out
+/// (Stripe positions by the object); an unknown one is a 404 `resource_missing`.
+/// `ending_before` gives the `limit` objects just newer than the cursor, still newest
+/// first, with `has_more` telling whether newer ones remain.
+pub fn page<'a, T>(
+    table: &'a Table<T>,
+    scope: Scope<'a>,
+    keep: impl Fn(&T) -> bool,
     render: impl Fn(&T) -> Value,
     p: &Params,
     url: &str,
@@ -120,33 +128,37 @@ pub fn page<T>(
             )
         }
     };
-    let position = |param: &str| -> Result<Option<usize>, ApiError> {
+    let position = |param: &str| -> Result<Option<i64>, ApiError> {
         match p.str(param)? {
             None => Ok(None),
-            Some(cursor) => items
-                .iter()
-                .position(|v| id(v) == cursor)
+            Some(cursor) => table
+                .position(cursor)
                 .map(Some)
                 .ok_or_else(|| ApiError::no_such(resource, cursor, param)),
         }
     };
-    let (range, has_more) = match (position("starting_after")?, position("ending_before")?) {
+    let start = match (position("starting_after")?, position("ending_before")?) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "You may only specify one of these parameters: starting_after, ending_before.",
             ))
         }
-        (Some(after), None) => {
-            let end = (after + 1 + limit).min(items.len());
-            (after + 1..end, end < items.len())
-        }
-        (None, Some(before)) => {
-            let start = before.saturating_sub(limit);
-            (start..before, start > 0)
-        }
-        (None, None) => (0..limit.min(items.len()), items.len() > limit),
+        (Some(after), None) => Start::OlderThan(after),
+        (None, Some(before)) => Start::NewerThan(before),
+        (None, None) => Start::Newest,
     };
-    let data: Vec<Value> = items[range].iter().map(|item| render(item)).collect();
+    let mut items: Vec<&T> = table
+        .walk(scope, start)
+        .filter(|item| keep(item))
+        .take(limit + 1)
+        .collect();
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    if let Start::NewerThan(_) = start {
+        // Walked oldest first from the cursor; a page is newest first.
+        items.reverse();
+    }
+    let data: Vec<Value> = items.into_iter().map(render).collect();
     Ok(json!({"object": "list", "data": data, "has_more": has_more, "url": url}))
 }
 
