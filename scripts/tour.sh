@@ -57,6 +57,13 @@ echo
 wait_for '"status":"paid"' curl -s "$API/invoices?customer_id=c-1" -H "Authorization: Bearer $TOKEN"
 curl -s "$API/invoices?customer_id=c-1" -H "Authorization: Bearer $TOKEN"
 echo
+echo "== reconcile"
+JOB=$(curl -s -X POST $API/jobs -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{"kind":"reconcile","provider":"stripe"}' | grep -o '"id":"[^"]*"' | head -1 | cut -d'"' -f4)
+wait_for '"status":"succeeded"' curl -s $API/jobs/$JOB -H "Authorization: Bearer $TOKEN"
+curl -s $API/jobs/$JOB -H "Authorization: Bearer $TOKEN"
+echo
+curl -s $API/sync/status -H "Authorization: Bearer $TOKEN"
+echo
 echo "== delete"
 curl -s -X DELETE $API/customers/c-1 -H "Authorization: Bearer $TOKEN"
 echo

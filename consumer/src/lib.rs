@@ -3,6 +3,9 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod catch_up;
+pub mod foreground;
+pub mod jobs;
 pub mod providers;
 pub mod startup;
 pub mod subscriber;

@@ -1,4 +1,6 @@
-//! `consumer --topic stripe [--topic salesforce] [--concurrency N]`.
+//! `consumer --topic stripe [--topic salesforce] [--concurrency N]`, or a job in the
+//! foreground: `consumer import --provider stripe`, `consumer reconcile --provider stripe
+//! [--repair]`.
 
 use std::process::ExitCode;
 
@@ -19,6 +21,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(job) = settings.job {
+        // The progress and the report are the output; the log says only what goes wrong.
+        shared::telemetry::init(settings.common.log_format, "warn");
+        return consumer::foreground::run(settings, job).await;
+    }
     shared::telemetry::init(settings.common.log_format, "info");
     let consumer = match Consumer::start(settings).await {
         Ok(consumer) => consumer,

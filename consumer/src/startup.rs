@@ -12,6 +12,8 @@ use shared::db;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::budget::Budget;
+use crate::catch_up::CatchUp;
+use crate::jobs::{self, JobContext, Reader};
 use crate::providers::{ProviderApi, Salesforce, Stripe};
 use crate::subscriber;
 use crate::worker::Worker;
@@ -21,6 +23,8 @@ use shared::stripe::StripeClient;
 
 /// How long in-flight calls may finish after a stop signal before their tasks are released.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How often the reconcile schedule is looked at.
+const SCHEDULE_CHECK: Duration = Duration::from_secs(60);
 
 /// A running consumer.
 pub struct Consumer {
@@ -32,7 +36,8 @@ pub struct Consumer {
 impl Consumer {
     /// Connects to the database and starts subscribing and claiming.
     pub async fn start(settings: ConsumerSettings) -> anyhow::Result<Self> {
-        let worker = worker(&settings).await?;
+        let parts = parts(&settings).await?;
+        let worker = parts.worker.clone();
         let (shutdown, stop) = watch::channel(false);
         let doorbells: Arc<HashMap<_, _>> = Arc::new(
             settings
@@ -56,6 +61,32 @@ impl Consumer {
                 stop.clone(),
             )));
         }
+        let serves_stripe = settings.providers.contains(&Provider::Stripe);
+        if let (true, Some(ctx)) = (serves_stripe, job_context(&settings, &parts)) {
+            let ctx = Arc::new(ctx);
+            loops.push(tokio::spawn(jobs::job_loop(
+                ctx.clone(),
+                Provider::Stripe,
+                stop.clone(),
+            )));
+            if let Some(every) = settings.events_poll {
+                let catch_up = CatchUp {
+                    pool: ctx.pool.clone(),
+                    reader: ctx.reader.clone(),
+                    owner: ctx.owner.clone(),
+                    providers: ctx.providers.clone(),
+                    every,
+                };
+                loops.push(tokio::spawn(catch_up.run(stop.clone())));
+            }
+            if let Some(every) = settings.reconcile_interval {
+                loops.push(tokio::spawn(reconcile_schedule(
+                    ctx.pool.clone(),
+                    every,
+                    stop.clone(),
+                )));
+            }
+        }
         tracing::info!(
             owner = %worker.owner,
             topics = ?settings.providers,
@@ -71,9 +102,9 @@ impl Consumer {
     }
 
     /// Stops claiming, lets in-flight calls finish for a while, releases the rest.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for handle in self.loops {
+        for handle in std::mem::take(&mut self.loops) {
             let _ = handle.await;
         }
         let drained = tokio::time::timeout(
@@ -87,6 +118,15 @@ impl Consumer {
             self.worker.release_in_flight().await;
         }
         tracing::info!("consumer stopped");
+    }
+}
+
+impl Drop for Consumer {
+    /// A consumer dropped without [`Consumer::shutdown`] (a test that panicked) still
+    /// stops its loops: a subscriber thread left running would keep its runtime from
+    /// shutting down.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
     }
 }
 
@@ -111,14 +151,27 @@ pub async fn drain(settings: ConsumerSettings) -> anyhow::Result<usize> {
 
 /// The pool, the provider clients and the lease owner name of one consumer process.
 async fn worker(settings: &ConsumerSettings) -> anyhow::Result<Arc<Worker>> {
+    Ok(parts(settings).await?.worker)
+}
+
+/// What one consumer process runs: the worker, and for Stripe the background reader
+/// (jobs and the catch-up) on the account's shared read budget.
+pub struct Parts {
+    pub worker: Arc<Worker>,
+    pub stripe_reader: Option<Arc<Reader>>,
+}
+
+/// Connects and opens the provider clients and budgets.
+pub async fn parts(settings: &ConsumerSettings) -> anyhow::Result<Parts> {
     let url = settings.common.database_url.clone();
-    let pool_size = settings.concurrency as u32 + 4;
+    // Calls in flight, plus the claim loops, a job and the catch-up.
+    let pool_size = settings.concurrency as u32 + 6;
     let pool = tokio::task::spawn_blocking(move || db::connect(&url, pool_size))
         .await
         .context("database set-up task")??;
     let mut providers: HashMap<Provider, Arc<dyn ProviderApi>> = HashMap::new();
+    let mut stripe_reader = None;
     if let Some(stripe) = &settings.common.stripe {
-        let client = StripeClient::new(stripe)?;
         let key = stripe.api_key.expose_secret();
         let open = |class: &'static str, rps| {
             let pool = pool.clone();
@@ -138,7 +191,11 @@ async fn worker(settings: &ConsumerSettings) -> anyhow::Result<Arc<Worker>> {
                 Arc::new(open("stripe-read", read).await?),
             ),
         };
-        let api = Stripe::new(client, writes, reads);
+        stripe_reader = Some(Arc::new(Reader::new(
+            StripeClient::new(stripe)?,
+            reads.clone(),
+        )));
+        let api = Stripe::new(StripeClient::new(stripe)?, writes, reads);
         providers.insert(Provider::Stripe, Arc::new(api));
     }
     if let Some(salesforce) = &settings.common.salesforce {
@@ -151,7 +208,7 @@ async fn worker(settings: &ConsumerSettings) -> anyhow::Result<Arc<Worker>> {
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    Ok(Arc::new(Worker {
+    let worker = Arc::new(Worker {
         pool,
         owner,
         providers,
@@ -161,7 +218,53 @@ async fn worker(settings: &ConsumerSettings) -> anyhow::Result<Arc<Worker>> {
         max_backoff: settings.max_backoff,
         lease: settings.lease,
         in_flight: Mutex::new(HashMap::new()),
-    }))
+        adopt_by_email: settings.adopt_by_email,
+    });
+    Ok(Parts {
+        worker,
+        stripe_reader,
+    })
+}
+
+/// The context jobs run in, for a consumer with Stripe.
+pub fn job_context(settings: &ConsumerSettings, parts: &Parts) -> Option<JobContext> {
+    let reader = parts.stripe_reader.clone()?;
+    Some(JobContext {
+        pool: parts.worker.pool.clone(),
+        reader,
+        owner: parts.worker.owner.clone(),
+        providers: settings.common.enabled_providers(),
+        lease: settings.lease,
+        page_size: 100,
+    })
+}
+
+/// Queues a repairing reconcile whenever the last one is older than `every`, until
+/// shutdown (looked at every minute; several consumers agree through PostgreSQL).
+async fn reconcile_schedule(
+    pool: db::PgPool,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let queued = db::run(&pool, move |conn| {
+            Ok(shared::db::jobs::queue_if_due(
+                conn,
+                Provider::Stripe,
+                every,
+            )?)
+        })
+        .await;
+        match queued {
+            Ok(Some(job)) => tracing::info!(job_id = %job.id, "scheduled reconcile queued"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "queueing the scheduled reconcile failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SCHEDULE_CHECK) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use shared::db::customers::{self, CustomerRow};
 use shared::db::tasks::TaskRow;
-use shared::db::{self, links, DbError, PgPool};
+use shared::db::{self, adoption, links, DbError, PgPool};
 use shared::domain::{Operation, Provider};
 use shared::queue;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::backoff;
-use crate::providers::{CallError, ProviderApi};
+use crate::providers::{CallError, Match, ProviderApi};
 
 /// What became of one execution.
 #[derive(Debug)]
@@ -91,6 +91,9 @@ pub struct Worker {
     pub lease: Duration,
     /// Tasks being executed, to release them at shutdown.
     pub in_flight: Mutex<HashMap<uuid::Uuid, TaskRow>>,
+    /// Whether a create adopts the one unlinked provider object with the customer's email
+    /// (`STRIPE_ADOPT_BY_EMAIL`) rather than create a second one.
+    pub adopt_by_email: bool,
 }
 
 impl Worker {
@@ -277,7 +280,18 @@ impl Worker {
             Err(outcome) => return outcome,
         };
         let synced = link.as_ref().map_or(0, |l| l.synced_version);
-        let linked = link.and_then(|l| l.external_id);
+        let mut linked = link.and_then(|l| l.external_id);
+        let adopting = task.operation == Operation::Create
+            && linked.is_none()
+            && self.adopt_by_email
+            && !api.keyed_by_local_id()
+            && customer.deleted_at.is_none();
+        if adopting {
+            match self.adopt(api, &customer).await {
+                Ok(found) => linked = found,
+                Err(outcome) => return outcome,
+            }
+        }
         // A remote change applied meanwhile, or an earlier task that already pushed this
         // state: a stale queued call must not overwrite it.
         let found = linked.is_some() || api.keyed_by_local_id();
@@ -297,6 +311,79 @@ impl Worker {
             Operation::Create => call.create().await,
             Operation::Update => call.update().await,
             Operation::Delete => call.delete().await,
+        }
+    }
+
+    /// Adoption by email, before a create: the provider object with our metadata, or the
+    /// one object with the customer's email that carries none (when no other local
+    /// customer could be it either), is linked to the customer first (the unique link
+    /// settles a race with another create or an import) and the create becomes an update
+    /// that writes our metadata. Several candidates: the task goes dead naming them, for
+    /// the operator to link one by hand.
+    async fn adopt(
+        &self,
+        api: &dyn ProviderApi,
+        customer: &CustomerRow,
+    ) -> Result<Option<String>, Outcome> {
+        let found = api.same_email(customer).await.map_err(Outcome::from)?;
+        let ours = found
+            .iter()
+            .find(|m| m.local_id.as_deref() == Some(customer.id.as_str()));
+        let free: Vec<&Match> = found.iter().filter(|m| m.local_id.is_none()).collect();
+        let target = match (ours, free.as_slice()) {
+            (Some(ours), _) => ours.clone(),
+            (None, []) => return Ok(None),
+            (None, [only]) => (*only).clone(),
+            (None, several) => {
+                return Err(Outcome::Dead(format!(
+                    "several Stripe customers could be this customer (same email, none carries our \
+                     metadata): {}; link the right one with PUT /api/v1/customers/{}/links/stripe",
+                    several.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", "),
+                    customer.id
+                )))
+            }
+        };
+        let (id, local) = (customer.id.clone(), customer.email.clone());
+        let by_metadata = ours.is_some();
+        let claimed = db::run(&self.pool, move |conn| {
+            use diesel::Connection;
+            conn.transaction(|conn| {
+                if !by_metadata {
+                    let taken = adoption::links_of_stripe_ids(conn, &[target.id.as_str()])?;
+                    if let Some(other) = taken.first() {
+                        return Ok(Err(format!(
+                            "the Stripe customer {} with this email is linked to local customer {}; \
+                             link another with PUT /api/v1/customers/{id}/links/stripe",
+                            target.id, other.customer_id
+                        )));
+                    }
+                    let key = adoption::email_key(&local).unwrap_or_default();
+                    let locals = adoption::unlinked_with_emails(conn, &[key.as_str()])?;
+                    if locals.len() > 1 {
+                        return Ok(Err(format!(
+                            "the Stripe customer {} has this email, and so do local customers {}; \
+                             link it by hand with PUT /api/v1/customers/{{id}}/links/stripe",
+                            target.id,
+                            locals.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                }
+                if !adoption::link(conn, &id, &target.id, 0, (&target.name, &target.email))? {
+                    return Err(DbError::Conflict("the customer has a Stripe customer".into()));
+                }
+                Ok::<_, DbError>(Ok(target.id))
+            })
+        })
+        .await;
+        match claimed {
+            Ok(Ok(adopted)) => {
+                tracing::info!(external_id = %adopted, by_metadata, "adopted an existing provider object by email");
+                Ok(Some(adopted))
+            }
+            Ok(Err(ambiguous)) => Err(Outcome::Dead(ambiguous)),
+            // Linked meanwhile (a webhook, an import, another create): the next attempt
+            // sees it.
+            Err(e) => Err(Outcome::retry(format!("adopting by email: {e}"))),
         }
     }
 
@@ -377,9 +464,12 @@ impl Call<'_> {
         }
         let key = queue::idempotency_key(self.task);
         let result = match &existing {
+            // An update under a key of its own: Stripe refuses a key first used on another
+            // endpoint, and this task's key may have gone to `POST /v1/customers` already
+            // (the attempt that created the customer we found, or adopted).
             Some(id) if !self.deleted() => self
                 .api
-                .update(Some(id), &self.customer, &key)
+                .update(Some(id), &self.customer, &format!("{key}-update"))
                 .await
                 .map(|told| told.or(Some(id.clone()))),
             Some(id) => Ok(Some(id.clone())),

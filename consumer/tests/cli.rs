@@ -69,6 +69,36 @@ fn bad_topics_and_settings_stop_the_consumer_naming_them() {
         ),
         (
             vec!["--topic", "stripe"],
+            vec![key, ("STRIPE_EVENTS_POLL_SECS", "soon")],
+            "STRIPE_EVENTS_POLL_SECS",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("RECONCILE_INTERVAL_HOURS", "-1")],
+            "RECONCILE_INTERVAL_HOURS",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("STRIPE_ADOPT_BY_EMAIL", "maybe")],
+            "STRIPE_ADOPT_BY_EMAIL",
+        ),
+        (
+            vec!["import", "--provider", "salesforce"],
+            vec![key],
+            "--provider",
+        ),
+        (
+            vec!["reconcile", "--provider", "hubspot"],
+            vec![key],
+            "--provider",
+        ),
+        (
+            vec!["import", "--provider", "stripe"],
+            vec![],
+            "STRIPE_API_KEY",
+        ),
+        (
+            vec!["--topic", "stripe"],
             vec![("STRIPE_API_KEY", "pk_live_publishable")],
             "STRIPE_API_KEY",
         ),
@@ -115,9 +145,27 @@ fn help_explains_topics_and_every_setting() {
         "CONSUMER_BACKOFF_MAX_MS",
         "DATABASE_URL",
         "ZMQ_PUB_ENDPOINT",
+        "STRIPE_EVENTS_POLL_SECS",
+        "RECONCILE_INTERVAL_HOURS",
+        "STRIPE_ADOPT_BY_EMAIL",
+        "import",
+        "reconcile",
     ] {
         assert!(help.contains(needle), "{needle} missing from --help");
     }
+}
+
+#[test]
+fn the_job_commands_say_what_they_do_and_what_their_exit_codes_mean() {
+    let output = consumer().args(["reconcile", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for needle in ["--provider", "--repair", "exits 0", "1 when drift remains"] {
+        assert!(help.contains(needle), "{needle} missing: {help}");
+    }
+    // A job command without its provider is a usage error, not a start.
+    let stderr = refused(consumer().arg("import"));
+    assert!(stderr.contains("--provider"), "{stderr}");
 }
 
 #[test]

@@ -49,6 +49,17 @@ pub enum ApiError {
     /// The request contradicts what is stored.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// A well-formed field that the provider refuses (a Stripe id naming no customer).
+    #[error("{message}")]
+    Unprocessable {
+        code: &'static str,
+        field: String,
+        message: String,
+    },
+    /// A provider the answer depends on could not be asked; retrying later may work (the
+    /// handler logs the cause, the body names only what failed).
+    #[error("{message}")]
+    BadGateway { code: &'static str, message: String },
     /// PostgreSQL cannot be reached.
     #[error("the database is unavailable; retry later")]
     Unavailable(String),
@@ -76,6 +87,8 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound { code, .. }
             | ApiError::Conflict { code, .. }
+            | ApiError::Unprocessable { code, .. }
+            | ApiError::BadGateway { code, .. }
             | ApiError::BadRequest { code, .. } => code,
             ApiError::NoRoute(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -111,6 +124,8 @@ impl ResponseError for ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,6 +140,7 @@ impl ResponseError for ApiError {
         }
         let field = match self {
             ApiError::Validation { field, .. } => field.as_deref(),
+            ApiError::Unprocessable { field, .. } => Some(field.as_str()),
             _ => None,
         };
         let mut response = HttpResponse::build(self.status_code());
@@ -182,6 +198,10 @@ impl From<CatalogError> for ApiError {
             },
             CatalogError::Deleted(_) => ApiError::Conflict {
                 code: "customer_deleted",
+                message,
+            },
+            CatalogError::LinkTaken { .. } => ApiError::Conflict {
+                code: "link_taken",
                 message,
             },
         }

@@ -1,6 +1,7 @@
 //! Changes to the customer catalog. Every change (create, update, delete) is a
 //! [`Command`] committed by [`commit`]: the customer (version + 1) and one task per
-//! enabled provider, in one transaction, many changes per commit.
+//! enabled provider, in one transaction, many changes per commit. A Stripe link made by
+//! hand is [`link_stripe`].
 
 use std::collections::HashMap;
 
@@ -8,6 +9,7 @@ use diesel::prelude::*;
 
 use crate::db::customers::{self, CustomerFilter, CustomerRow, NewRow};
 use crate::db::links::{self, LinkRow};
+use crate::db::manual_links;
 use crate::db::tasks::{self as task_rows, TaskRow};
 use crate::db::DbError;
 use crate::domain::{CustomerId, CustomerName, Email, Operation, Provider};
@@ -66,6 +68,16 @@ pub enum CatalogError {
     /// An update names a deleted customer.
     #[error("customer '{0}' is deleted and cannot be changed")]
     Deleted(CustomerId),
+    /// A manual link names a Stripe customer linked to another local customer (`None`
+    /// when the unique index found it, the other customer unread).
+    #[error(
+        "Stripe customer '{external_id}' is already linked to {}",
+        .linked_to.as_ref().map_or("another customer".to_owned(), |c| format!("customer '{c}'"))
+    )]
+    LinkTaken {
+        external_id: String,
+        linked_to: Option<CustomerId>,
+    },
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -407,4 +419,104 @@ fn finish(
         tasks,
         changed,
     })
+}
+
+/// What a manual Stripe link did.
+#[derive(Debug)]
+pub struct Linked {
+    /// The customer as [`get`] shows it, after the link.
+    pub view: CustomerView,
+    /// The Stripe `update` task queued (empty when the link already named that customer).
+    pub tasks: Vec<TaskRow>,
+    /// How many dead Stripe tasks of the customer the link settled.
+    pub superseded: usize,
+    /// Whether anything was written, rather than a no-op.
+    pub changed: bool,
+}
+
+/// Reads, without writing, whether linking customer `id` to Stripe customer `external_id`
+/// is refused, already done (the customer's view), or to do (`None`): so the caller can
+/// answer before it asks Stripe about the id.
+pub fn plan_stripe_link(
+    conn: &mut PgConnection,
+    id: &CustomerId,
+    external_id: &str,
+) -> Result<Option<CustomerView>, CatalogError> {
+    let customer = customers::find(conn, id)?.ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+    if already_linked(conn, &customer, external_id)? {
+        return Ok(Some(views(conn, vec![customer])?.remove(0)));
+    }
+    Ok(None)
+}
+
+/// Links customer `id` to Stripe customer `external_id` by hand, in one transaction: the
+/// customer locked, its Stripe link replaced and marked never synced, its dead Stripe
+/// tasks settled (their error prefixed with [`manual_links::SUPERSEDED`]), and one Stripe
+/// `update` task queued at its version, which pushes its state and our metadata onto that
+/// Stripe customer. A link that already names that customer is a no-op.
+pub fn link_stripe(
+    conn: &mut PgConnection,
+    id: &CustomerId,
+    external_id: &str,
+    origin: &Origin,
+) -> Result<Linked, CatalogError> {
+    conn.transaction(|conn| {
+        let customer = customers::find_for_update(conn, id)?
+            .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+        if already_linked(conn, &customer, external_id)? {
+            return Ok(Linked {
+                view: views(conn, vec![customer])?.remove(0),
+                tasks: Vec::new(),
+                superseded: 0,
+                changed: false,
+            });
+        }
+        match manual_links::set_stripe_link(conn, id, external_id) {
+            // Linked elsewhere since the check above, by a transaction that committed.
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => {
+                return Err(CatalogError::LinkTaken {
+                    external_id: external_id.to_owned(),
+                    linked_to: None,
+                })
+            }
+            linked => linked?,
+        }
+        let superseded = manual_links::supersede_dead_stripe_tasks(conn, id)?;
+        let tasks = queue::enqueue_for(
+            conn,
+            &[&customer],
+            Operation::Update,
+            &[Provider::Stripe],
+            origin.request_id.as_deref(),
+        )?;
+        Ok(Linked {
+            view: views(conn, vec![customer])?.remove(0),
+            tasks,
+            superseded,
+            changed: true,
+        })
+    })
+}
+
+/// Whether the customer's Stripe link already names `external_id`; refuses a tombstone
+/// and a Stripe customer linked to another local customer.
+fn already_linked(
+    conn: &mut PgConnection,
+    customer: &CustomerRow,
+    external_id: &str,
+) -> Result<bool, CatalogError> {
+    if customer.deleted_at.is_some() {
+        return Err(CatalogError::Deleted(customer.id.clone()));
+    }
+    match links::customer_of_stripe_id(conn, external_id)? {
+        Some(owner) if owner == customer.id => Ok(true),
+        Some(owner) => Err(CatalogError::LinkTaken {
+            external_id: external_id.to_owned(),
+            linked_to: Some(owner),
+        }),
+        None => Ok(false),
+    }
 }

@@ -503,9 +503,16 @@ impl TryFrom<ServerArgs> for ServerSettings {
     about = "customer-sync consumer: claims provider tasks from PostgreSQL and calls Stripe (and Salesforce)",
     after_help = "Every flag can also be set through the environment variable shown, or in a .env file.\n\
                   Run several consumers per topic to share the work; each claims tasks in PostgreSQL,\n\
-                  so no call is made twice."
+                  so no call is made twice.\n\n\
+                  Foreground jobs: `consumer import --provider stripe` adopts an existing Stripe account;\n\
+                  `consumer reconcile --provider stripe [--repair]` compares it with the catalog and exits\n\
+                  0 when in sync, 1 when drift remains, 2 on error.",
+    subcommand_negates_reqs = true
 )]
 pub struct ConsumerArgs {
+    /// A job to run in the foreground instead of serving topics
+    #[command(subcommand)]
+    pub command: Option<JobCommand>,
     #[command(flatten)]
     pub common: CommonArgs,
     /// Provider topic to serve: stripe or salesforce (repeat for several)
@@ -537,6 +544,49 @@ pub struct ConsumerArgs {
     /// The longest wait between two attempts of a failing task, in milliseconds
     #[arg(long, env = "CONSUMER_BACKOFF_MAX_MS", default_value = "60000")]
     pub backoff_max_ms: String,
+    /// How often Stripe's Events API is polled for events the webhook missed, in seconds
+    /// (0 turns the catch-up off)
+    #[arg(long, env = "STRIPE_EVENTS_POLL_SECS", default_value = "60")]
+    pub stripe_events_poll_secs: String,
+    /// How often a repairing reconcile is queued, in hours (0 turns the schedule off)
+    #[arg(long, env = "RECONCILE_INTERVAL_HOURS", default_value = "24")]
+    pub reconcile_interval_hours: String,
+    /// Whether a create adopts the one existing Stripe customer with the same email and no
+    /// customer_sync_id instead of creating a second one (true or false)
+    #[arg(long, env = "STRIPE_ADOPT_BY_EMAIL", default_value = "true")]
+    pub stripe_adopt_by_email: String,
+}
+
+/// A job run in the foreground.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum JobCommand {
+    /// Adopt an existing provider account: link customers by our metadata or by email,
+    /// import the provider's others, queue creates for local customers it lacks, and fill
+    /// the invoice catalogue; prints the report at the end
+    Import {
+        /// The provider account to import (stripe)
+        #[arg(long)]
+        provider: String,
+    },
+    /// Compare the provider's customers with the catalog and report the drift; exits 0 in
+    /// sync, 1 when drift remains (after --repair: drift it could not repair), 2 on error
+    Reconcile {
+        /// The provider account to compare (stripe)
+        #[arg(long)]
+        provider: String,
+        /// Repair what can be repaired: push local changes, apply Stripe's, link what can
+        /// be linked (never deletes at the provider)
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+/// A foreground job: what to run, at which provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobRequest {
+    pub kind: crate::domain::JobKind,
+    pub provider: Provider,
+    pub repair: bool,
 }
 
 /// Validated consumer settings.
@@ -560,6 +610,14 @@ pub struct ConsumerSettings {
     pub lease: Duration,
     /// Longest backoff between attempts.
     pub max_backoff: Duration,
+    /// The Events API catch-up's interval; `None` when off.
+    pub events_poll: Option<Duration>,
+    /// The repairing reconcile's schedule; `None` when off.
+    pub reconcile_interval: Option<Duration>,
+    /// Adoption by email on create.
+    pub adopt_by_email: bool,
+    /// A job to run in the foreground instead of serving topics.
+    pub job: Option<JobRequest>,
 }
 
 impl TryFrom<ConsumerArgs> for ConsumerSettings {
@@ -567,8 +625,39 @@ impl TryFrom<ConsumerArgs> for ConsumerSettings {
 
     fn try_from(args: ConsumerArgs) -> Result<Self, SettingsError> {
         let common = CommonSettings::try_from(args.common)?;
+        let job = match &args.command {
+            None => None,
+            Some(JobCommand::Import { provider }) => {
+                Some((crate::domain::JobKind::Import, provider, false))
+            }
+            Some(JobCommand::Reconcile { provider, repair }) => {
+                Some((crate::domain::JobKind::Reconcile, provider, *repair))
+            }
+        };
+        let job = match job {
+            None => None,
+            Some((kind, provider, repair)) => {
+                let provider = Provider::parse(provider.trim())
+                    .map_err(|e| SettingsError::new("--provider", e.0))?;
+                if provider != Provider::Stripe {
+                    return Err(SettingsError::new(
+                        "--provider",
+                        "only stripe has imports and reconciles (Salesforce is keyed by our id)",
+                    ));
+                }
+                Some(JobRequest {
+                    kind,
+                    provider,
+                    repair,
+                })
+            }
+        };
+        let topics: Vec<String> = match job {
+            Some(job) => vec![job.provider.as_str().to_owned()],
+            None => args.topics.clone(),
+        };
         let mut providers = Vec::new();
-        for topic in &args.topics {
+        for topic in &topics {
             let provider =
                 Provider::parse(topic.trim()).map_err(|e| SettingsError::new("--topic", e.0))?;
             let configured = match provider {
@@ -580,10 +669,11 @@ impl TryFrom<ConsumerArgs> for ConsumerSettings {
                     Provider::Stripe => "STRIPE_API_KEY",
                     Provider::Salesforce => "SALESFORCE_LOGIN_URL",
                 };
-                return Err(SettingsError::new(
-                    variable,
-                    format!("is required to serve the {provider} topic"),
-                ));
+                let what = match job {
+                    Some(job) => format!("is required to run a {provider} {}", job.kind),
+                    None => format!("is required to serve the {provider} topic"),
+                };
+                return Err(SettingsError::new(variable, what));
             }
             if !providers.contains(&provider) {
                 providers.push(provider);
@@ -625,7 +715,38 @@ impl TryFrom<ConsumerArgs> for ConsumerSettings {
                 10,
                 3_600_000,
             )?),
+            events_poll: match number(
+                &args.stripe_events_poll_secs,
+                "STRIPE_EVENTS_POLL_SECS",
+                0,
+                86_400,
+            )? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            reconcile_interval: match number(
+                &args.reconcile_interval_hours,
+                "RECONCILE_INTERVAL_HOURS",
+                0,
+                8_760,
+            )? {
+                0 => None,
+                hours => Some(Duration::from_secs(hours * 3600)),
+            },
+            adopt_by_email: boolean(&args.stripe_adopt_by_email, "STRIPE_ADOPT_BY_EMAIL")?,
+            job,
         })
+    }
+}
+
+fn boolean(value: &str, variable: &'static str) -> Result<bool, SettingsError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(SettingsError::new(
+            variable,
+            format!("'{other}' is neither true nor false"),
+        )),
     }
 }
 

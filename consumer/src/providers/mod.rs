@@ -42,12 +42,28 @@ pub trait ProviderApi: Send + Sync {
         customer: &CustomerRow,
     ) -> Result<(), CallError>;
 
+    /// The live objects at the provider with the customer's email, for adoption by email;
+    /// none for a provider that finds its object by our id.
+    async fn same_email(&self, _customer: &CustomerRow) -> Result<Vec<Match>, CallError> {
+        Ok(Vec::new())
+    }
+
     /// The live object an earlier call created for this customer under any of `emails`.
     async fn find_existing(
         &self,
         customer: &CustomerRow,
         emails: &[String],
     ) -> Result<Option<String>, CallError>;
+}
+
+/// A provider object found by email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    pub id: String,
+    /// The local id our metadata on it names, if any.
+    pub local_id: Option<String>,
+    pub name: String,
+    pub email: String,
 }
 
 /// A failed provider call, sorted by what the task should do next.

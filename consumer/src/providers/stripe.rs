@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use shared::db::customers::CustomerRow;
 use shared::stripe::{StripeClient, StripeError};
 
-use super::{CallError, ProviderApi};
+use super::{CallError, Match, ProviderApi};
 use crate::budget::Budget;
 
 /// The Stripe provider: the client and the account's shared rate budgets, one for
@@ -105,8 +105,13 @@ impl ProviderApi for Stripe {
             .ok_or_else(|| CallError::Permanent("no Stripe customer to update".into()))?;
         self.call(
             &self.writes,
-            self.client
-                .update_customer(id, &customer.name, &customer.email, key),
+            self.client.update_customer(
+                id,
+                customer.id.as_str(),
+                &customer.name,
+                &customer.email,
+                key,
+            ),
         )
         .await?;
         Ok(None)
@@ -121,6 +126,28 @@ impl ProviderApi for Stripe {
             .ok_or_else(|| CallError::Permanent("no Stripe customer to delete".into()))?;
         self.call(&self.writes, self.client.delete_customer(id))
             .await
+    }
+
+    async fn same_email(&self, customer: &CustomerRow) -> Result<Vec<Match>, CallError> {
+        let found = self
+            .call(
+                &self.reads,
+                self.client.customers_with_email(&customer.email),
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .map(|c| {
+                let local_id = c.local_id().map(str::to_owned);
+                let (name, email) = c.fields();
+                Match {
+                    id: c.id,
+                    local_id,
+                    name,
+                    email,
+                }
+            })
+            .collect())
     }
 
     async fn find_existing(

@@ -1,7 +1,9 @@
 //! Outward sync end to end: the real server, consumers and the sandbox Stripe.
 
+mod adoption;
 mod budget;
 mod faults;
+mod healing;
 mod helpers;
 mod salesforce;
 mod sync;

@@ -1,13 +1,15 @@
-//! The customer catalog: create, read, list, update, delete.
+//! The customer catalog: create, read, list, update, delete, and a Stripe link made by hand.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use shared::catalog::{self, Change, Command, NewCustomer, Origin};
 use shared::db::customers::CustomerFilter;
-use shared::domain::{CustomerId, CustomerName, Email};
+use shared::domain::{CustomerId, CustomerName, Email, Provider};
+use shared::stripe::{StripeClient, StripeError};
 use tracing_actix_web::RequestId;
 
-use super::{optional, page_limit, CustomerResponse, TaskResponse};
+use super::webhook::WebhookSettings;
+use super::{optional, page_limit, required, CustomerResponse, TaskResponse};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -30,6 +32,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .patch(update)
             .delete(delete)
             .default_service(web::to(super::wrong_method)),
+    )
+    .service(
+        web::resource("/customers/{id}/links/stripe")
+            .put(link_stripe)
+            .default_service(web::to(super::wrong_method)),
     );
 }
 
@@ -48,6 +55,13 @@ pub struct CreateBody {
 pub struct UpdateBody {
     name: Option<String>,
     email: Option<String>,
+}
+
+/// `PUT /api/v1/customers/{id}/links/stripe`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkBody {
+    external_id: Option<String>,
 }
 
 /// `GET /api/v1/customers` parameters.
@@ -74,13 +88,6 @@ pub struct ListResponse {
     customers: Vec<CustomerResponse>,
     /// Pass as `after` to get the next page; `null` on the last page.
     next_after: Option<String>,
-}
-
-fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, ApiError> {
-    value.as_deref().ok_or_else(|| ApiError::Validation {
-        field: Some(field.to_owned()),
-        message: format!("{field} is required"),
-    })
 }
 
 fn parse_id(id: &str) -> Result<CustomerId, ApiError> {
@@ -207,5 +214,104 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(ListResponse {
         customers,
         next_after,
+    }))
+}
+
+/// A Stripe customer id as the operator gives it: 1 to 255 of `[A-Za-z0-9_]`.
+fn stripe_customer_id(id: &str) -> Result<&str, ApiError> {
+    if id.is_empty()
+        || id.len() > 255
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(ApiError::Validation {
+            field: Some("external_id".into()),
+            message: "external_id must be a Stripe customer id like cus_1Abc \
+                      (1 to 255 letters, digits and underscores)"
+                .into(),
+        });
+    }
+    Ok(id)
+}
+
+/// Refuses a Stripe id that names no live customer in the account; answers whether Stripe
+/// could be asked at all.
+async fn verify_stripe_customer(stripe: &StripeClient, id: &str) -> Result<(), ApiError> {
+    let gone = |message: String| ApiError::Unprocessable {
+        code: "stripe_customer_not_found",
+        field: "external_id".into(),
+        message,
+    };
+    match stripe.retrieve_customer(id).await {
+        Ok((customer, _)) if customer.deleted => {
+            Err(gone(format!("Stripe customer '{id}' is deleted")))
+        }
+        Ok(_) => Ok(()),
+        Err(StripeError::Api { status: 404, .. }) => {
+            Err(gone(format!("Stripe has no customer '{id}'")))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the Stripe customer to link");
+            Err(ApiError::BadGateway {
+                code: "stripe_unavailable",
+                message: format!("could not ask Stripe about customer '{id}'; retry later"),
+            })
+        }
+    }
+}
+
+/// Links the customer to a Stripe customer chosen by hand: 202 with the Stripe `update`
+/// task that pushes our state and metadata onto it; 200 and no task when the link already
+/// names it. Dead Stripe tasks of the customer are settled.
+#[tracing::instrument(skip_all, fields(customer_id = %path, provider = "stripe", external_id))]
+pub async fn link_stripe(
+    state: web::Data<AppState>,
+    hooks: web::Data<WebhookSettings>,
+    path: web::Path<String>,
+    body: web::Json<LinkBody>,
+    request_id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let external_id = stripe_customer_id(required("external_id", &body.external_id)?)?.to_owned();
+    tracing::Span::current().record("external_id", external_id.as_str());
+    if !state.providers.contains(&Provider::Stripe) {
+        return Err(ApiError::Conflict {
+            code: "provider_disabled",
+            message: "the stripe provider is not enabled on this server".into(),
+        });
+    }
+    // The refusals and the no-op are answered before Stripe is asked.
+    let (lookup, wanted) = (id.clone(), external_id.clone());
+    let planned = state
+        .db(move |conn| Ok(catalog::plan_stripe_link(conn, &lookup, &wanted)))
+        .await??;
+    if let Some(view) = planned {
+        return Ok(HttpResponse::Ok().json(ChangeResponse {
+            customer: CustomerResponse::from(view),
+            tasks: Vec::new(),
+        }));
+    }
+    // Never inside the transaction: the provider call comes first.
+    if let Some(stripe) = &hooks.stripe {
+        verify_stripe_customer(stripe, &external_id).await?;
+    }
+    let origin = origin(request_id);
+    let linked = state
+        .db(move |conn| Ok(catalog::link_stripe(conn, &id, &external_id, &origin)))
+        .await??;
+    state.publish(&linked.tasks);
+    if linked.changed {
+        tracing::info!(
+            superseded = linked.superseded,
+            "linked a Stripe customer by hand"
+        );
+    }
+    let mut response = if linked.changed {
+        HttpResponse::Accepted()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(response.json(ChangeResponse {
+        customer: CustomerResponse::from(linked.view),
+        tasks: linked.tasks.into_iter().map(TaskResponse::from).collect(),
     }))
 }

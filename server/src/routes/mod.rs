@@ -3,6 +3,8 @@
 pub mod customers;
 pub mod health;
 pub mod invoices;
+pub mod jobs;
+pub mod sync;
 pub mod tasks;
 pub mod webhook;
 
@@ -27,7 +29,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .wrap(middleware::from_fn(require_token))
                     .configure(customers::configure)
                     .configure(tasks::configure)
-                    .configure(invoices::configure),
+                    .configure(invoices::configure)
+                    .configure(jobs::configure)
+                    .configure(sync::configure),
             ),
     );
 }
@@ -188,6 +192,14 @@ impl From<TaskRow> for TaskResponse {
     }
 }
 
+/// A field the body must have, or a validation error naming it.
+pub fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, ApiError> {
+    value.as_deref().ok_or_else(|| ApiError::Validation {
+        field: Some(field.to_owned()),
+        message: format!("{field} is required"),
+    })
+}
+
 /// Parses an optional parameter, naming it in the error.
 pub fn optional<T>(
     field: &str,
@@ -202,12 +214,17 @@ pub fn optional<T>(
 
 /// Parses a page size: default 50, 1 to 500.
 pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    page_limit_up_to(limit, 500)
+}
+
+/// Parses a page size: default 50, 1 to `max`.
+pub fn page_limit_up_to(limit: Option<i64>, max: i64) -> Result<i64, ApiError> {
     match limit {
-        None => Ok(50),
-        Some(l) if (1..=500).contains(&l) => Ok(l),
+        None => Ok(50.min(max)),
+        Some(l) if (1..=max).contains(&l) => Ok(l),
         Some(_) => Err(ApiError::Validation {
             field: Some("limit".into()),
-            message: "limit must be between 1 and 500".into(),
+            message: format!("limit must be between 1 and {max}"),
         }),
     }
 }

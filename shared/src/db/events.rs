@@ -9,19 +9,43 @@ use serde_json::Value;
 use super::statement::statement;
 use crate::stripe::Event;
 
+/// How an event reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A signed webhook delivery.
+    Webhook,
+    /// The Events API catch-up.
+    EventsApi,
+}
+
+impl Source {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+            Source::EventsApi => "events_api",
+        }
+    }
+}
+
 /// Inserts the event rows in one statement; `true` for each event stored now (an id seen
-/// before, or earlier in the batch, is a duplicate).
-pub fn insert_many(conn: &mut PgConnection, events: &[(Event, Value)]) -> QueryResult<Vec<bool>> {
+/// before, or earlier in the batch, is a duplicate, whichever way it came).
+pub fn insert_many(
+    conn: &mut PgConnection,
+    events: &[(Event, Value)],
+    source: Source,
+) -> QueryResult<Vec<bool>> {
     #[derive(QueryableByName)]
     struct Stored {
         #[diesel(sql_type = Text)]
         id: String,
     }
     let stored: Vec<Stored> = statement(
-        "INSERT INTO webhook_events (id, event_type, created, object_id, payload) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[]) \
+        "INSERT INTO webhook_events (source, id, event_type, created, object_id, payload) \
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[]) \
          ON CONFLICT DO NOTHING RETURNING id",
     )
+    .bind::<Text, _>(source.as_str())
     .bind::<Array<Text>, _>(
         events
             .iter()
@@ -46,4 +70,15 @@ pub fn insert_many(conn: &mut PgConnection, events: &[(Event, Value)]) -> QueryR
     let mut stored: HashSet<String> = stored.into_iter().map(|row| row.id).collect();
     // The first occurrence of an id takes it; later ones are duplicates.
     Ok(events.iter().map(|(e, _)| stored.remove(&e.id)).collect())
+}
+
+/// When the newest webhook delivery was received, if any was.
+pub fn last_webhook_at(
+    conn: &mut PgConnection,
+) -> QueryResult<Option<chrono::DateTime<chrono::Utc>>> {
+    use super::schema::webhook_events;
+    webhook_events::table
+        .filter(webhook_events::source.eq(Source::Webhook.as_str()))
+        .select(diesel::dsl::max(webhook_events::received_at))
+        .first(conn)
 }

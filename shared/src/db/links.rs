@@ -143,11 +143,19 @@ pub fn record_synced(
         .on_conflict((provider_links::customer_id, provider_links::provider))
         .do_update()
         .set((
+            // A Stripe link set meanwhile (by hand, by an import) is kept: the call reached
+            // another customer, and its version says nothing of the linked one. Salesforce
+            // finds its contact by our id, so the id it answers is the current one.
             provider_links::external_id.eq(diesel::dsl::sql::<Nullable<Text>>(
-                "COALESCE(excluded.external_id, provider_links.external_id)",
+                "CASE WHEN provider_links.provider = 'stripe' \
+                 THEN COALESCE(provider_links.external_id, excluded.external_id) \
+                 ELSE COALESCE(excluded.external_id, provider_links.external_id) END",
             )),
             provider_links::synced_version.eq(diesel::dsl::sql::<BigInt>(
-                "GREATEST(provider_links.synced_version, excluded.synced_version)",
+                "CASE WHEN provider_links.provider = 'stripe' \
+                   AND provider_links.external_id <> excluded.external_id \
+                 THEN provider_links.synced_version \
+                 ELSE GREATEST(provider_links.synced_version, excluded.synced_version) END",
             )),
             provider_links::updated_at.eq(diesel::dsl::now),
         ))

@@ -1,10 +1,14 @@
 //! PostgreSQL: the pool, database creation, embedded migrations, and the rows and queries per table.
 
+pub mod adoption;
 pub mod budgets;
+pub mod cursors;
 pub mod customers;
 pub mod events;
 pub mod invoices;
+pub mod jobs;
 pub mod links;
+pub mod manual_links;
 pub mod schema;
 pub mod statement;
 pub mod tasks;

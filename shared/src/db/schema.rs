@@ -60,6 +60,70 @@ diesel::table! {
         object_id -> Nullable<Text>,
         payload -> Jsonb,
         received_at -> Timestamptz,
+        source -> Text,
+    }
+}
+
+diesel::table! {
+    sync_jobs (id) {
+        id -> Uuid,
+        kind -> Text,
+        provider -> Text,
+        repair -> Bool,
+        status -> Text,
+        requested_by -> Text,
+        cancel_requested -> Bool,
+        phase -> Text,
+        checkpoint -> Nullable<Text>,
+        progress -> Jsonb,
+        report -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        walk_started_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    sync_job_objects (job_id, external_id) {
+        job_id -> Uuid,
+        external_id -> Text,
+        name -> Nullable<Text>,
+        email -> Nullable<Text>,
+        email_key -> Nullable<Text>,
+        local_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    sync_job_findings (job_id, kind, subject) {
+        job_id -> Uuid,
+        kind -> Text,
+        subject -> Text,
+        customer_id -> Nullable<Text>,
+        external_id -> Nullable<Text>,
+        detail -> Nullable<Jsonb>,
+        seq -> Int8,
+    }
+}
+
+diesel::table! {
+    sync_cursors (provider) {
+        provider -> Text,
+        last_event_id -> Nullable<Text>,
+        last_event_created -> Nullable<Int8>,
+        caught_up_at -> Timestamptz,
+        last_poll_at -> Nullable<Timestamptz>,
+        last_poll_error -> Nullable<Text>,
+        last_poll_applied -> Int8,
+        poll_owner -> Nullable<Text>,
+        poll_lease_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -98,4 +162,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     sync_tasks,
     webhook_events,
     invoices,
+    sync_jobs,
+    sync_job_objects,
+    sync_job_findings,
+    sync_cursors,
 );
+diesel::joinable!(sync_job_objects -> sync_jobs (job_id));
+diesel::joinable!(sync_job_findings -> sync_jobs (job_id));

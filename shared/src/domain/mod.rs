@@ -4,12 +4,15 @@ mod customer_id;
 mod customer_name;
 mod email;
 mod provider;
-mod sql;
+#[macro_use]
 mod task;
+mod job;
+mod sql;
 
 pub use customer_id::CustomerId;
 pub use customer_name::CustomerName;
 pub use email::Email;
+pub use job::{JobKind, JobStatus};
 pub use provider::Provider;
 pub use task::{Operation, TaskId, TaskStatus};
 

@@ -29,7 +29,9 @@ stored_as_text!(
     super::CustomerId,
     super::Provider,
     super::Operation,
-    super::TaskStatus
+    super::TaskStatus,
+    super::JobKind,
+    super::JobStatus
 );
 
 #[cfg(all(test, feature = "testing"))]

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::rules::{self, Verdict};
 use super::{Applied, Effect};
 use crate::db::customers::{self, CustomerRow};
+use crate::db::events::Source;
 use crate::db::links::{self, LinkRow, Remembered};
 use crate::db::{events as event_rows, invoices, DbError};
 use crate::domain::{CustomerId, Operation, Provider};
@@ -42,9 +43,21 @@ pub fn apply_batch(
     events: &[(Event, Value)],
     providers: &[Provider],
 ) -> Result<Vec<Applied>, DbError> {
+    apply_batch_from(conn, events, providers, Source::Webhook)
+}
+
+/// [`apply_batch`] for events that came by `source`: the Events API catch-up applies what
+/// it finds through the same rules, and an event applied once either way is a duplicate
+/// the other way.
+pub fn apply_batch_from(
+    conn: &mut PgConnection,
+    events: &[(Event, Value)],
+    providers: &[Provider],
+    source: Source,
+) -> Result<Vec<Applied>, DbError> {
     let others = rules::passed_on_to(providers);
     conn.transaction(|conn| {
-        let fresh = event_rows::insert_many(conn, events)?;
+        let fresh = event_rows::insert_many(conn, events, source)?;
         let mut answers: Vec<Option<Applied>> = fresh
             .iter()
             .map(|stored| (!stored).then_some(Applied::Duplicate))

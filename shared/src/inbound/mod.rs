@@ -11,7 +11,8 @@
 mod apply;
 pub mod rules;
 
-pub use apply::{apply, apply_batch, apply_current_customer};
+pub use crate::db::events::Source;
+pub use apply::{apply, apply_batch, apply_batch_from, apply_current_customer};
 
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

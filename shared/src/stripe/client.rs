@@ -124,15 +124,17 @@ impl StripeClient {
         .await
     }
 
-    /// `POST /v1/customers/{id}` with the current name and email.
+    /// `POST /v1/customers/{id}` with the current name and email, and our metadata (so a
+    /// customer adopted by email, or linked by hand, carries it from then on).
     pub async fn update_customer(
         &self,
         stripe_id: &str,
+        local_id: &str,
         name: &str,
         email: &str,
         idempotency_key: &str,
     ) -> Result<Customer, StripeError> {
-        let form = [("name", name), ("email", email)];
+        let form = [("name", name), ("email", email), (METADATA_FIELD, local_id)];
         self.send(
             self.http
                 .post(format!(
@@ -218,6 +220,106 @@ impl StripeClient {
             }
         }
         Ok(None)
+    }
+
+    /// One page of every customer, newest first, after `starting_after`.
+    pub async fn list_customers(
+        &self,
+        starting_after: Option<&str>,
+        limit: u8,
+    ) -> Result<List<Customer>, StripeError> {
+        self.list("/v1/customers", starting_after, limit, &[]).await
+    }
+
+    /// The live customers with exactly this email (Stripe's filter is exact), up to a
+    /// thousand: a handful of pages covers any real set of duplicates.
+    pub async fn customers_with_email(&self, email: &str) -> Result<Vec<Customer>, StripeError> {
+        let mut found = Vec::new();
+        let mut starting_after: Option<String> = None;
+        for _ in 0..10 {
+            let page: List<Customer> = self
+                .list(
+                    "/v1/customers",
+                    starting_after.as_deref(),
+                    100,
+                    &[("email", email)],
+                )
+                .await?;
+            let last = page.data.last().map(|c| c.id.clone());
+            found.extend(page.data.into_iter().filter(|c| !c.deleted));
+            match (page.has_more, last) {
+                (true, Some(last)) => starting_after = Some(last),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// One page of every invoice, newest first, after `starting_after`.
+    pub async fn list_invoices(
+        &self,
+        starting_after: Option<&str>,
+        limit: u8,
+    ) -> Result<List<super::Invoice>, StripeError> {
+        self.list("/v1/invoices", starting_after, limit, &[]).await
+    }
+
+    /// One page of the customer and invoice events, raw: the `limit` events just after
+    /// `ending_before` (still newest first), or the newest ones without it.
+    pub async fn list_events(
+        &self,
+        ending_before: Option<&str>,
+        limit: u8,
+    ) -> Result<List<serde_json::Value>, StripeError> {
+        self.events(ending_before.map(|id| ("ending_before", id)), limit)
+            .await
+    }
+
+    /// One page of the customer and invoice events older than `starting_after`, newest
+    /// first.
+    pub async fn list_events_after(
+        &self,
+        starting_after: Option<&str>,
+        limit: u8,
+    ) -> Result<List<serde_json::Value>, StripeError> {
+        self.events(starting_after.map(|id| ("starting_after", id)), limit)
+            .await
+    }
+
+    async fn events(
+        &self,
+        cursor: Option<(&str, &str)>,
+        limit: u8,
+    ) -> Result<List<serde_json::Value>, StripeError> {
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        if let Some((name, id)) = cursor {
+            query.push((name, id.to_owned()));
+        }
+        for kind in super::CUSTOMER_EVENTS.iter().chain(super::INVOICE_EVENTS) {
+            query.push(("types[]", (*kind).to_owned()));
+        }
+        self.send(
+            self.http
+                .get(format!("{}/v1/events", self.base))
+                .query(&query),
+        )
+        .await
+    }
+
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        starting_after: Option<&str>,
+        limit: u8,
+        filters: &[(&str, &str)],
+    ) -> Result<List<T>, StripeError> {
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after.to_owned()));
+        }
+        query.extend(filters.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        self.send(self.http.get(format!("{}{path}", self.base)).query(&query))
+            .await
     }
 
     async fn send<T: serde::de::DeserializeOwned>(

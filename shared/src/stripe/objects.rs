@@ -129,6 +129,11 @@ impl Event {
     pub fn parse(body: &[u8]) -> Result<(Self, Value), String> {
         let raw: Value =
             serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+        Self::from_value(raw)
+    }
+
+    /// [`Event::parse`] for an event already read as JSON (an Events API page).
+    pub fn from_value(raw: Value) -> Result<(Self, Value), String> {
         let event: Event = serde_json::from_value(raw.clone())
             .map_err(|e| format!("body is not a Stripe event: {e}"))?;
         if raw

@@ -64,5 +64,9 @@ pub fn consumer(common: CommonSettings) -> ConsumerSettings {
         sweep_interval: Duration::from_millis(200),
         lease: Duration::from_secs(30),
         max_backoff: Duration::from_millis(500),
+        events_poll: None,
+        reconcile_interval: None,
+        adopt_by_email: true,
+        job: None,
     }
 }
