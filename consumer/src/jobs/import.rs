@@ -227,12 +227,13 @@ fn import_locally(
     .into_iter()
     .map(|c| (c.id.clone(), c))
     .collect();
-    let mut created = Vec::new();
-    for ((row, id), (name, email)) in usable.iter().zip(&fields) {
+    let mut created: Vec<&CustomerRow> = Vec::new();
+    let mut created_from: Vec<&str> = Vec::new();
+    for (row, id) in &usable {
         match inserted.get(id) {
             Some(customer) => {
-                adoption::link(conn, id, &row.external_id, customer.version, (name, email))?;
                 created.push(customer);
+                created_from.push(&row.external_id);
                 findings.push(Finding {
                     kind: "imported",
                     subject: row.external_id.clone(),
@@ -250,6 +251,7 @@ fn import_locally(
             }),
         }
     }
+    adoption::link_imported(conn, &created, &created_from)?;
     // Invoices staged before their customer was linked.
     invoices::link_many(
         conn,

@@ -162,6 +162,38 @@ pub fn link(
     Ok(linked == 1)
 }
 
+/// The Stripe links of customers just imported from Stripe, in sync at their version
+/// with the remote name and email recorded: one statement for the batch.
+pub fn link_imported(
+    conn: &mut PgConnection,
+    customers: &[&CustomerRow],
+    stripe_ids: &[&str],
+) -> QueryResult<usize> {
+    statement(
+        "INSERT INTO provider_links (customer_id, provider, external_id, synced_version, \
+           remote_name, remote_email) \
+         SELECT c, 'stripe', s, v, n, e FROM unnest($1::text[], $2::text[], $3::bigint[], \
+           $4::text[], $5::text[]) AS t(c, s, v, n, e) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(customers.iter().map(|c| c.id.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(stripe_ids)
+    .bind::<Array<BigInt>, _>(customers.iter().map(|c| c.version).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        customers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(
+        customers
+            .iter()
+            .map(|c| c.email.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+}
+
 /// Live local customers after `after` (by id) with no Stripe customer and no Stripe task
 /// open or dead (a dead create waits for the operator), with their links.
 pub fn without_stripe_customer(
