@@ -241,6 +241,7 @@ impl Steps<'_> {
                 })
                 .await?;
             let Some(last) = page.data.last().map(|c| c.id.clone()) else {
+                db::run(&self.ctx.pool, |conn| Ok(adoption::analyze_staged(conn)?)).await?;
                 return Ok(());
             };
             let has_more = page.has_more;
@@ -256,6 +257,7 @@ impl Steps<'_> {
                 })
                 .await?;
             if !has_more {
+                db::run(&self.ctx.pool, |conn| Ok(adoption::analyze_staged(conn)?)).await?;
                 return Ok(());
             }
         }

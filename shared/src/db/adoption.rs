@@ -68,6 +68,15 @@ pub fn stage(conn: &mut PgConnection, job: uuid::Uuid, page: &[Customer]) -> Que
     .execute(conn)
 }
 
+/// Gathers the statistics of what the walks staged: the decisions then read the staged
+/// rows by index, batch after batch, instead of plans chosen for an empty table (which
+/// read every staged row per batch until autovacuum next analyzes it).
+pub fn analyze_staged(conn: &mut PgConnection) -> QueryResult<()> {
+    diesel::sql_query("ANALYZE sync_job_objects")
+        .execute(conn)
+        .map(drop)
+}
+
 /// The job's staged customers after `after`, in id order.
 pub fn staged_after(
     conn: &mut PgConnection,
@@ -98,12 +107,14 @@ pub fn unclaimed_per_email(
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
+    // One index probe per key, whatever the statistics say (see `links::LINKED_STRIPE_IDS`).
     let counts: Vec<Count> = statement(
-        "SELECT email_key, count(*) AS n FROM sync_job_objects \
-         WHERE job_id = $1 AND email_key = ANY($2) AND local_id IS NULL GROUP BY email_key",
+        "SELECT k.key AS email_key, n.n FROM unnest($1::text[]) AS k(key), LATERAL \
+           (SELECT count(*) AS n FROM sync_job_objects \
+            WHERE job_id = $2 AND email_key = k.key AND local_id IS NULL) AS n",
     )
-    .bind::<Uuid, _>(job)
     .bind::<Array<Text>, _>(keys)
+    .bind::<Uuid, _>(job)
     .load(conn)?;
     Ok(counts.into_iter().map(|c| (c.email_key, c.n)).collect())
 }
@@ -115,11 +126,12 @@ pub fn unlinked_with_emails(
     keys: &[&str],
 ) -> QueryResult<Vec<CustomerRow>> {
     statement(
-        "SELECT c.* FROM customers c \
-         WHERE lower(c.email) = ANY($1) AND c.deleted_at IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM provider_links l WHERE l.customer_id = c.id \
+        "SELECT c.* FROM (SELECT DISTINCT key FROM unnest($1::text[]) AS k(key)) AS k, LATERAL \
+           (SELECT * FROM customers WHERE lower(email) = k.key AND deleted_at IS NULL \
+            FOR UPDATE) AS c \
+         WHERE NOT EXISTS (SELECT 1 FROM provider_links l WHERE l.customer_id = c.id \
                            AND l.provider = 'stripe' AND l.external_id IS NOT NULL) \
-         ORDER BY c.id FOR UPDATE OF c",
+         ORDER BY c.id",
     )
     .bind::<Array<Text>, _>(keys)
     .load(conn)
@@ -239,9 +251,11 @@ pub fn linked_customers(conn: &mut PgConnection, stripe_ids: &[&str]) -> QueryRe
         "SELECT c.*, l.external_id, l.synced_version, l.updated_at AS linked_at, \
            EXISTS (SELECT 1 FROM sync_tasks t WHERE t.customer_id = c.id AND t.provider = 'stripe' \
                    AND t.status IN ('pending', 'in_flight')) AS task_open \
-         FROM provider_links l JOIN customers c ON c.id = l.customer_id \
-         WHERE l.provider = 'stripe' AND l.external_id = ANY($1) \
-         ORDER BY c.id FOR UPDATE OF c",
+         FROM unnest($1::text[]) AS s(id), LATERAL \
+           (SELECT * FROM provider_links WHERE provider = 'stripe' AND external_id = s.id \
+            LIMIT 1) AS l, LATERAL \
+           (SELECT * FROM customers WHERE id = l.customer_id LIMIT 1 FOR UPDATE) AS c \
+         ORDER BY c.id",
     )
     .bind::<Array<Text>, _>(stripe_ids)
     .load(conn)
