@@ -3,6 +3,7 @@
 //!
 //! Build first: `cargo build --release`, then `target/release/loadgen <scenario>`.
 
+mod adopt;
 mod attack;
 mod e2e;
 mod http;
@@ -99,6 +100,10 @@ enum Scenario {
     /// Hostile peers (signature floods, slow bodies, health and connection floods, ZeroMQ
     /// garbage), each for a while, against a steady client's latency on the task API
     Attack(attack::Settings),
+    /// Adopting a Stripe account and healing: `consumer import` of a seeded sandbox at
+    /// its list limit, a dry-run reconcile of the same, and the Events API catch-up of
+    /// changes made while no consumer ran
+    Adopt(adopt::Settings),
 }
 
 #[tokio::main]
@@ -129,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
             kill_every,
         } => e2e::faults(customers, Duration::from_secs(kill_every)).await,
         Scenario::Attack(settings) => attack::run(settings).await,
+        Scenario::Adopt(settings) => adopt::run(settings).await,
     }
 }
 
