@@ -242,7 +242,8 @@ impl CatchUp {
                 repair: true,
                 requested_by: "catch-up",
             };
-            jobs::queue_unless_recent(conn, job, Duration::ZERO)?;
+            // Unless one is open already: that one will find the same.
+            let _ = jobs::queue_unless_open(conn, job)?;
             cursors::restart(
                 conn,
                 Provider::Stripe,

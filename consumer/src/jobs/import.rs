@@ -267,10 +267,16 @@ fn import_locally(
 async fn creates(steps: &Steps<'_>) -> Result<(), JobError> {
     steps
         .batches("creates", |conn, after| {
-            let missing = adoption::without_stripe_customer(conn, after, DECIDE_BATCH)?;
-            let Some(last) = missing.last().map(|c| c.id.as_str().to_owned()) else {
+            let batch = adoption::unlinked_after(conn, after, DECIDE_BATCH)?;
+            let Some(last) = batch.last().map(|(c, _)| c.id.as_str().to_owned()) else {
                 return Ok(None);
             };
+            // A task on its way (or dead, waiting for the operator) is left to itself.
+            let missing: Vec<CustomerRow> = batch
+                .into_iter()
+                .filter(|(_, underway)| *underway == adoption::Underway::Nothing)
+                .map(|(c, _)| c)
+                .collect();
             let rows: Vec<&CustomerRow> = missing.iter().collect();
             queue::enqueue_for(conn, &rows, Operation::Create, &[Provider::Stripe], None)?;
             let findings = missing

@@ -72,7 +72,7 @@ pub trait Observer: Send + Sync {
     fn step(&self, job: uuid::Uuid, phase: &str, progress: &Value);
 }
 
-/// Logs each step at debug, and every hundredth at info.
+/// Logs each step at debug level.
 pub struct LogObserver;
 
 impl Observer for LogObserver {

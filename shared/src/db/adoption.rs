@@ -206,27 +206,6 @@ pub fn link_imported(
     .execute(conn)
 }
 
-/// Live local customers after `after` (by id) with no Stripe customer and no Stripe task
-/// open or dead (a dead create waits for the operator), with their links.
-pub fn without_stripe_customer(
-    conn: &mut PgConnection,
-    after: Option<&str>,
-    limit: i64,
-) -> QueryResult<Vec<CustomerRow>> {
-    statement(
-        "SELECT c.* FROM customers c \
-         WHERE c.id > COALESCE($1, '') AND c.deleted_at IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM provider_links l WHERE l.customer_id = c.id \
-                           AND l.provider = 'stripe' AND l.external_id IS NOT NULL) \
-           AND NOT EXISTS (SELECT 1 FROM sync_tasks t WHERE t.customer_id = c.id \
-                           AND t.provider = 'stripe' AND t.status IN ('pending', 'in_flight', 'dead')) \
-         ORDER BY c.id LIMIT $2",
-    )
-    .bind::<Nullable<Text>, _>(after)
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-}
-
 /// A linked local customer, its Stripe link, and whether a Stripe task is open for it.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct Linked {

@@ -159,19 +159,19 @@ pub fn claim(
     lease: Duration,
 ) -> QueryResult<Option<JobRow>> {
     conn.transaction(|conn| {
-        let running: Option<JobRow> = sync_jobs::table
+        // Leases are judged by PostgreSQL's clock, as the tasks' are: hosts' clocks need
+        // not agree.
+        let running: Option<(JobRow, bool)> = sync_jobs::table
             .filter(sync_jobs::provider.eq(provider))
             .filter(sync_jobs::status.eq(JobStatus::Running))
-            .select(JobRow::as_select())
+            .select((JobRow::as_select(), lease_ran_out()))
             .for_update()
             .skip_locked()
             .first(conn)
             .optional()?;
         let candidate = match running {
-            Some(job) if job.lease_expires_at.is_some_and(|at| at > Utc::now()) => {
-                return Ok(None)
-            }
-            Some(job) => {
+            Some((_, false)) => return Ok(None),
+            Some((job, true)) => {
                 tracing::warn!(job_id = %job.id, previous_owner = job.lease_owner.as_deref().unwrap_or(""),
                     "resuming a job whose consumer stopped renewing its lease");
                 job
@@ -214,17 +214,16 @@ pub fn claim_id(
     lease: Duration,
 ) -> QueryResult<Option<JobRow>> {
     conn.transaction(|conn| {
-        let job: Option<JobRow> = sync_jobs::table
+        let job: Option<(JobRow, bool)> = sync_jobs::table
             .find(id)
-            .select(JobRow::as_select())
+            .select((JobRow::as_select(), lease_ran_out()))
             .for_update()
             .first(conn)
             .optional()?;
         match job {
-            Some(job)
+            Some((job, ran_out))
                 if job.status == JobStatus::Queued
-                    || (job.status == JobStatus::Running
-                        && job.lease_expires_at.is_none_or(|at| at <= Utc::now())) =>
+                    || (job.status == JobStatus::Running && ran_out) =>
             {
                 start(conn, id, owner, lease)
             }
@@ -238,6 +237,11 @@ pub fn claim_id(
         ) => Ok(None),
         e => Err(e),
     })
+}
+
+/// Whether a job's lease has run out (or it never had one), by PostgreSQL's clock.
+fn lease_ran_out() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql("COALESCE(sync_jobs.lease_expires_at <= now(), true)")
 }
 
 fn start(
@@ -549,37 +553,6 @@ pub fn queue_unless_open(
             Some(open) => Ok(Err(open)),
             None => insert(conn, job).map(Ok),
         }
-    })
-}
-
-/// Queues a job unless one of this kind is queued or running, or one was queued less than
-/// `every` ago; the answer is the job queued. Callers in several processes agree through
-/// an advisory lock held for the transaction.
-pub fn queue_unless_recent(
-    conn: &mut PgConnection,
-    job: NewJob<'_>,
-    every: Duration,
-) -> QueryResult<Option<JobRow>> {
-    conn.transaction(|conn| {
-        statement("SELECT pg_advisory_xact_lock(hashtext('customer-sync:jobs:' || $1))")
-            .bind::<Text, _>(job.provider.as_str())
-            .execute(conn)?;
-        let recent: i64 = sync_jobs::table
-            .filter(sync_jobs::provider.eq(job.provider))
-            .filter(sync_jobs::kind.eq(job.kind))
-            .filter(
-                sync_jobs::status
-                    .eq_any([JobStatus::Queued, JobStatus::Running])
-                    .or(sync_jobs::created_at.gt(Utc::now()
-                        - chrono::Duration::from_std(every)
-                            .unwrap_or(chrono::Duration::days(36_500)))),
-            )
-            .count()
-            .get_result(conn)?;
-        if recent > 0 {
-            return Ok(None);
-        }
-        insert(conn, job).map(Some)
     })
 }
 

@@ -193,33 +193,11 @@ impl StripeClient {
         local_id: &str,
         email: &str,
     ) -> Result<Option<Customer>, StripeError> {
-        let mut starting_after: Option<String> = None;
-        // Stripe's email filter is exact; a handful of pages covers any real duplicate set.
-        for _ in 0..10 {
-            let mut query = vec![("email", email.to_owned()), ("limit", "100".to_owned())];
-            if let Some(after) = &starting_after {
-                query.push(("starting_after", after.clone()));
-            }
-            let page: List<Customer> = self
-                .send(
-                    self.http
-                        .get(format!("{}/v1/customers", self.base))
-                        .query(&query),
-                )
-                .await?;
-            if let Some(found) = page
-                .data
-                .iter()
-                .find(|c| !c.deleted && c.local_id() == Some(local_id))
-            {
-                return Ok(Some(found.clone()));
-            }
-            match (page.has_more, page.data.last()) {
-                (true, Some(last)) => starting_after = Some(last.id.clone()),
-                _ => break,
-            }
-        }
-        Ok(None)
+        Ok(self
+            .customers_with_email(email)
+            .await?
+            .into_iter()
+            .find(|c| c.local_id() == Some(local_id)))
     }
 
     /// One page of every customer, newest first, after `starting_after`.
