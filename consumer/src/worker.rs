@@ -306,6 +306,7 @@ impl Worker {
             pushed: customer.version - i64::from(customer.deleted_at.is_some()),
             customer,
             linked,
+            searched_email: adopting,
         };
         match task.operation {
             Operation::Create => call.create().await,
@@ -437,6 +438,8 @@ struct Call<'a> {
     linked: Option<String>,
     /// The version whose state the call pushes.
     pushed: i64,
+    /// Adoption already looked for our customer under the current email.
+    searched_email: bool,
 }
 
 impl Call<'_> {
@@ -450,7 +453,9 @@ impl Call<'_> {
         let mut existing = self.linked.clone();
         if existing.is_none() && self.task.key_generation > 0 {
             let mut emails = self.task.reconcile_emails.clone();
-            if !emails.contains(&self.customer.email) {
+            if self.searched_email {
+                emails.retain(|e| *e != self.customer.email);
+            } else if !emails.contains(&self.customer.email) {
                 emails.push(self.customer.email.clone());
             }
             match self.api.find_existing(&self.customer, &emails).await {
