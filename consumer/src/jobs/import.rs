@@ -1,22 +1,24 @@
-//! Import: adopts an existing Stripe account. The walk stages every Stripe customer; then
-//! each is decided in SQL over what was staged (link by our metadata, adopt the one
-//! unlinked local customer with its email, report ambiguity, or import it); local
-//! customers left without a Stripe customer get their create task; invoices fill the
-//! catalogue.
+//! Import: adopts an existing Stripe account. The walk stages every Stripe customer and
+//! decides, in each page's step, what no later page can change (link by our metadata,
+//! or import it when no local customer has its email); after the walk the rest are
+//! decided over everything staged (adopt the one unlinked local customer with its email,
+//! or report ambiguity); local customers left without a Stripe customer get their create
+//! task; invoices fill the catalogue.
 
 use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use serde_json::json;
-use shared::db::adoption::{self, Staged};
+use shared::db::adoption::{self, Staged, StagedRows};
 use shared::db::customers::{self, CustomerRow};
 use shared::db::jobs::Finding;
 use shared::db::{invoices, links, DbError};
 use shared::domain::{CustomerId, Operation, Provider};
-use shared::inbound::rules;
+use shared::inbound::{self, rules};
 use shared::queue;
+use shared::stripe::{Invoice, List, StripeClient, StripeError};
 
-use super::{Found, JobError, Step, Steps};
+use super::{Found, JobError, Steps};
 
 /// Staged customers decided per transaction.
 const DECIDE_BATCH: i64 = 500;
@@ -26,39 +28,82 @@ pub const PHASES: &[&str] = &["customers", "decide", "creates", "invoices"];
 
 /// Runs the import from its checkpoint.
 pub async fn run(steps: &Steps<'_>) -> Result<(), JobError> {
-    for phase in steps.phases_from(PHASES) {
-        match phase {
-            "customers" => steps.walk_customers().await?,
-            "decide" => decide_all(steps).await?,
-            "creates" => creates(steps).await?,
-            "invoices" => walk_invoices(steps).await?,
-            _ => unreachable!("a phase of PHASES"),
-        }
-    }
-    Ok(())
-}
-
-async fn decide_all(steps: &Steps<'_>) -> Result<(), JobError> {
     let job = steps.job_id();
     let others = rules::passed_on_to(&steps.ctx.providers);
+    let phases = steps.phases_from(PHASES);
+    if phases.contains(&"customers") {
+        let others = others.clone();
+        steps
+            .walk_customers(move |conn, fresh| decide(conn, job, fresh, &others, When::Walking))
+            .await?;
+    }
+    // The first page of invoices is read while the rest is decided and the creates are
+    // queued, so the budget's slots are not left idle meanwhile.
+    let rest = async {
+        if phases.contains(&"decide") {
+            decide_rest(steps, others).await?;
+        }
+        if phases.contains(&"creates") {
+            creates(steps).await?;
+        }
+        Ok::<_, JobError>(())
+    };
+    let (rest, first) = tokio::join!(
+        rest,
+        steps.read_page(&read_invoices, steps.checkpoint_in("invoices"))
+    );
+    rest?;
+    walk_invoices(steps, first?).await
+}
+
+async fn read_invoices(
+    client: std::sync::Arc<StripeClient>,
+    from: Option<String>,
+    size: u8,
+) -> Result<List<Invoice>, StripeError> {
+    client.list_invoices(from.as_deref(), size).await
+}
+
+/// When a staged customer is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    /// In the walk's step for its page: only what no later page can change (linked,
+    /// carrying our metadata, or no unlinked local customer with its email). A customer
+    /// with a local candidate waits: another Stripe customer with the same email may
+    /// still come, and then neither is adopted.
+    Walking,
+    /// After the walk, when every Stripe customer with its email is staged.
+    Walked,
+}
+
+/// After the walk: the staged customers the walk left undecided.
+async fn decide_rest(steps: &Steps<'_>, others: Vec<Provider>) -> Result<(), JobError> {
+    let job = steps.job_id();
     steps
         .batches("decide", move |conn, after| {
-            let rows = adoption::staged_after(conn, job, after, DECIDE_BATCH)?;
+            let rows =
+                adoption::staged_after(conn, job, StagedRows::Undecided, after, DECIDE_BATCH)?;
             let Some(last) = rows.last().map(|r| r.external_id.clone()) else {
                 return Ok(None);
             };
-            Ok(Some((decide(conn, job, &rows, &others)?, last)))
+            let (found, _) = decide(conn, job, &rows, &others, When::Walked)?;
+            Ok(Some((found, last)))
         })
         .await
 }
 
-/// Decides a batch of staged Stripe customers.
+/// Decides a batch of Stripe customers; what it found, and the ids it decided (all but
+/// those left for after the walk).
 fn decide(
     conn: &mut PgConnection,
     job: uuid::Uuid,
     rows: &[Staged],
     others: &[Provider],
-) -> Result<Found, DbError> {
+    when: When,
+) -> Result<(Found, HashSet<String>), DbError> {
+    if rows.is_empty() {
+        return Ok(Default::default());
+    }
     let ids: Vec<&str> = rows.iter().map(|r| r.external_id.as_str()).collect();
     let linked: HashSet<String> = adoption::links_of_stripe_ids(conn, &ids)?
         .into_iter()
@@ -69,18 +114,30 @@ fn decide(
         .filter(|r| r.local_id.is_none() && !linked.contains(&r.external_id))
         .filter_map(|r| r.email_key.as_deref())
         .collect();
-    let stripe_per_email: HashMap<String, i64> = adoption::unclaimed_per_email(conn, job, &keys)?
-        .into_iter()
-        .collect();
     let mut local_per_email: HashMap<String, Vec<CustomerRow>> = HashMap::new();
     for customer in adoption::unlinked_with_emails(conn, &keys)? {
         if let Some(key) = adoption::email_key(&customer.email) {
             local_per_email.entry(key).or_default().push(customer);
         }
     }
+    // Only a customer with a local candidate needs the count of its email's Stripe
+    // customers, and only once all are staged.
+    let stripe_per_email: HashMap<String, i64> = if when == When::Walked {
+        let candidates: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| local_per_email.contains_key(*k))
+            .collect();
+        adoption::unclaimed_per_email(conn, job, &candidates)?
+            .into_iter()
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut findings = Vec::new();
     let mut already = 0;
     let mut imports: Vec<&Staged> = Vec::new();
+    let mut waiting: HashSet<&str> = HashSet::new();
     for row in rows {
         if linked.contains(&row.external_id) {
             already += 1;
@@ -94,10 +151,18 @@ fn decide(
             imports.push(row);
             continue;
         };
-        let stripe_count = stripe_per_email.get(key).copied().unwrap_or(1);
         let locals = local_per_email.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        if locals.is_empty() {
+            // Nobody to match, however many Stripe customers share the email.
+            imports.push(row);
+            continue;
+        }
+        if when == When::Walking {
+            waiting.insert(&row.external_id);
+            continue;
+        }
+        let stripe_count = stripe_per_email.get(key).copied().unwrap_or(1);
         match (stripe_count, locals) {
-            (1, []) => imports.push(row),
             (1, [only]) => {
                 let only = only.clone();
                 // Taken: no other Stripe customer of this batch may adopt it.
@@ -118,7 +183,12 @@ fn decide(
         }
     }
     findings.extend(import_locally(conn, &imports, others)?);
-    Ok((findings, vec![("already_linked", already)]))
+    let decided = ids
+        .iter()
+        .filter(|id| !waiting.contains(*id))
+        .map(|id| (*id).to_owned())
+        .collect();
+    Ok(((findings, vec![("already_linked", already)]), decided))
 }
 
 /// A Stripe customer carrying our metadata: linked to the customer it names, unless that
@@ -294,65 +364,26 @@ async fn creates(steps: &Steps<'_>) -> Result<(), JobError> {
         .await
 }
 
-/// Every invoice, page by page, into the catalogue (never over a newer row).
-async fn walk_invoices(steps: &Steps<'_>) -> Result<(), JobError> {
-    let mut after = steps.checkpoint_in("invoices");
-    loop {
-        let from = after.clone();
-        let page = steps
-            .ctx
-            .reader
-            .read(|client| {
-                let (from, size) = (from.clone(), steps.ctx.page_size);
-                async move { client.list_invoices(from.as_deref(), size).await }
-            })
-            .await?;
-        let Some(last) = page.data.last().map(|i| i.id.clone()) else {
-            return Ok(());
-        };
-        let has_more = page.has_more;
-        let read_at = chrono::Utc::now().timestamp();
-        let checkpoint = steps
-            .transaction(move |conn| {
-                let mut stored = 0;
-                for invoice in &page.data {
-                    if let Some((status, last)) = invoices::stored_for_update(conn, &invoice.id)? {
-                        if rules::invoice_is_stale(
-                            status.as_deref(),
-                            last,
-                            invoice.status.as_deref(),
-                            read_at,
-                        ) {
-                            continue;
-                        }
-                    }
-                    let customer = match invoice.customer_id() {
-                        Some(stripe_id) => links::customer_of_stripe_id(conn, &stripe_id)?,
-                        None => None,
-                    };
-                    invoices::upsert(
-                        conn,
-                        invoice,
-                        invoice.status.as_deref(),
-                        customer.as_ref(),
-                        read_at,
-                    )?;
-                    stored += 1;
-                }
-                Ok(Some(Step {
-                    findings: Vec::new(),
-                    counted: vec![
-                        ("invoices_walked", page.data.len() as i64),
+/// Every invoice, page by page from `first`, into the catalogue (never over a newer row).
+async fn walk_invoices(steps: &Steps<'_>, first: (List<Invoice>, i64)) -> Result<(), JobError> {
+    steps
+        .walk(
+            "invoices",
+            first,
+            read_invoices,
+            |i: &Invoice| i.id.as_str(),
+            |conn, page, read_at| {
+                let batch: Vec<(&Invoice, Option<&str>)> =
+                    page.iter().map(|i| (i, i.status.as_deref())).collect();
+                let stored = inbound::store_invoices(conn, &batch, read_at)? as i64;
+                Ok((
+                    Vec::new(),
+                    vec![
+                        ("invoices_walked", page.len() as i64),
                         ("invoices_stored", stored),
                     ],
-                    phase: "invoices",
-                    checkpoint: last,
-                }))
-            })
-            .await?;
-        after = checkpoint;
-        if !has_more {
-            return Ok(());
-        }
-    }
+                ))
+            },
+        )
+        .await
 }

@@ -8,6 +8,7 @@ pub mod import;
 pub mod reader;
 pub mod reconcile;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use serde_json::Value;
 use shared::db::jobs::{self, Checkpoint, Finding, JobRow, Renewal};
 use shared::db::{self, adoption, DbError, PgPool};
 use shared::domain::{JobKind, JobStatus, Provider};
-use shared::stripe::StripeError;
+use shared::stripe::{Customer, List, StripeClient, StripeError};
 use tokio::sync::watch;
 
 pub use reader::Reader;
@@ -221,46 +222,113 @@ impl Steps<'_> {
         }
     }
 
-    /// The walk of every Stripe customer, a page per step, staged for the decisions.
-    pub async fn walk_customers(&self) -> Result<(), JobError> {
+    /// Reads the page of a Stripe list after `from` in a background slot; the page and
+    /// the time it was read.
+    pub async fn read_page<T, R, Fut>(
+        &self,
+        read: &R,
+        from: Option<String>,
+    ) -> Result<(List<T>, i64), JobError>
+    where
+        R: Fn(Arc<StripeClient>, Option<String>, u8) -> Fut,
+        Fut: std::future::Future<Output = Result<List<T>, StripeError>>,
+    {
+        self.check()?;
+        let size = self.ctx.page_size;
+        let page = self
+            .ctx
+            .reader
+            .read(|client| read(client, from.clone(), size))
+            .await?;
+        Ok((page, chrono::Utc::now().timestamp()))
+    }
+
+    /// Walks a Stripe list, a page per step, from `first` (the page after `phase`'s
+    /// checkpoint, see [`Steps::read_page`]): `store` writes a page (with the time it was
+    /// read) in the step's transaction, and `read` asks for the page after an id. The next
+    /// page is read while a step commits, so the walk keeps the budget's pace as long as a
+    /// step takes less than a slot.
+    pub async fn walk<T, R, Fut, S>(
+        &self,
+        phase: &'static str,
+        first: (List<T>, i64),
+        read: R,
+        id_of: fn(&T) -> &str,
+        store: S,
+    ) -> Result<(), JobError>
+    where
+        T: Send + 'static,
+        R: Fn(Arc<StripeClient>, Option<String>, u8) -> Fut,
+        Fut: std::future::Future<Output = Result<List<T>, StripeError>>,
+        S: Fn(&mut PgConnection, Vec<T>, i64) -> Result<Found, DbError> + Clone + Send + 'static,
+    {
+        let (mut page, mut read_at) = first;
+        loop {
+            let Some(last) = page.data.last().map(|o| id_of(o).to_owned()) else {
+                return Ok(());
+            };
+            let has_more = page.has_more;
+            let (store, data, checkpoint) = (store.clone(), page.data, last.clone());
+            let step = self.transaction(move |conn| {
+                let (findings, counted) = store(conn, data, read_at)?;
+                Ok(Some(Step {
+                    findings,
+                    counted,
+                    phase,
+                    checkpoint,
+                }))
+            });
+            if !has_more {
+                step.await?;
+                return Ok(());
+            }
+            let (stored, next) = tokio::join!(step, self.read_page(&read, Some(last)));
+            stored?;
+            (page, read_at) = next?;
+        }
+    }
+
+    /// The walk of every Stripe customer, staged for the decisions; `decide` sees each
+    /// page's customers not staged before, in that page's step, and answers what it found
+    /// and the ids it decided (an import decides there what no later page can change).
+    pub async fn walk_customers<F>(&self, decide: F) -> Result<(), JobError>
+    where
+        F: Fn(&mut PgConnection, &[adoption::Staged]) -> Result<(Found, HashSet<String>), DbError>
+            + Clone
+            + Send
+            + 'static,
+    {
         let job = self.job.id;
         db::run(&self.ctx.pool, move |conn| {
             Ok(jobs::mark_walk_started(conn, job)?)
         })
         .await?;
-        let mut after = self.checkpoint_in("customers");
-        loop {
-            self.check()?;
-            let from = after.clone();
-            let page = self
-                .ctx
-                .reader
-                .read(|client| {
-                    let (from, size) = (from.clone(), self.ctx.page_size);
-                    async move { client.list_customers(from.as_deref(), size).await }
-                })
-                .await?;
-            let Some(last) = page.data.last().map(|c| c.id.clone()) else {
-                db::run(&self.ctx.pool, |conn| Ok(adoption::analyze_staged(conn)?)).await?;
-                return Ok(());
-            };
-            let has_more = page.has_more;
-            after = self
-                .transaction(move |conn| {
-                    adoption::stage(conn, job, &page.data)?;
-                    Ok(Some(Step {
-                        findings: Vec::new(),
-                        counted: vec![("customers_walked", page.data.len() as i64)],
-                        phase: "customers",
-                        checkpoint: last,
-                    }))
-                })
-                .await?;
-            if !has_more {
-                db::run(&self.ctx.pool, |conn| Ok(adoption::analyze_staged(conn)?)).await?;
-                return Ok(());
-            }
-        }
+        let read = |client: Arc<StripeClient>, from: Option<String>, size| async move {
+            client.list_customers(from.as_deref(), size).await
+        };
+        let first = self
+            .read_page(&read, self.checkpoint_in("customers"))
+            .await?;
+        self.walk(
+            "customers",
+            first,
+            read,
+            |c: &Customer| c.id.as_str(),
+            move |conn, page, _| {
+                let fresh = adoption::unstaged(conn, job, &page)?;
+                let ((findings, mut counted), decided) = decide(conn, &fresh)?;
+                adoption::stage(conn, job, &fresh, &decided)?;
+                counted.push(("customers_walked", page.len() as i64));
+                Ok((findings, counted))
+            },
+        )
+        .await
+    }
+
+    /// Gathers the statistics of what the walks staged, for the decisions that read the
+    /// staged rows in batches.
+    pub async fn analyze_staged(&self) -> Result<(), JobError> {
+        Ok(db::run(&self.ctx.pool, |conn| Ok(adoption::analyze_staged(conn)?)).await?)
     }
 }
 

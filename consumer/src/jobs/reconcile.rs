@@ -9,7 +9,7 @@
 
 use diesel::prelude::*;
 use serde_json::{json, Value};
-use shared::db::adoption::{self, Linked, Staged, Underway};
+use shared::db::adoption::{self, Linked, Staged, StagedRows, Underway};
 use shared::db::customers;
 use shared::db::jobs::Finding;
 use shared::db::{links, DbError};
@@ -32,7 +32,12 @@ const BATCH: i64 = 500;
 pub async fn run(steps: &Steps<'_>) -> Result<(), JobError> {
     for phase in steps.phases_from(PHASES) {
         match phase {
-            "customers" => steps.walk_customers().await?,
+            "customers" => {
+                steps
+                    .walk_customers(|_, _| Ok((Found::default(), Default::default())))
+                    .await?;
+                steps.analyze_staged().await?
+            }
             "compare" => compare_all(steps).await?,
             "missing" => missing(steps).await?,
             "unlinked" => unlinked(steps).await?,
@@ -70,7 +75,7 @@ async fn compare_all(steps: &Steps<'_>) -> Result<(), JobError> {
     let (job, repair, providers) = (steps.job_id(), steps.repair(), steps.ctx.providers.clone());
     steps
         .batches("compare", move |conn, after| {
-            let rows = adoption::staged_after(conn, job, after, BATCH)?;
+            let rows = adoption::staged_after(conn, job, StagedRows::All, after, BATCH)?;
             let Some(last) = rows.last().map(|r| r.external_id.clone()) else {
                 return Ok(None);
             };

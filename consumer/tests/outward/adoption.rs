@@ -209,6 +209,9 @@ async fn an_existing_account_is_adopted_by_an_import_killed_midway_and_resumed_e
     let twin_1 = stripe_customer(sandbox, "Cy", "cy@example.com", None).await;
     let twin_2 = stripe_customer(sandbox, "Cy Two", "cy@example.com", None).await;
     let only = stripe_customer(sandbox, "Dee", "dee@example.com", None).await;
+    // Two with an email no local customer has: nobody to match, so both are imported.
+    let fay_1 = stripe_customer(sandbox, "Fay", "fay@example.com", None).await;
+    let fay_2 = stripe_customer(sandbox, "Fay Two", "Fay@Example.com", None).await;
     invoice(sandbox, &only, "1500").await;
     sandbox.seed(SEEDED, 40).unwrap();
     sandbox.expire_events();
@@ -241,6 +244,13 @@ async fn an_existing_account_is_adopted_by_an_import_killed_midway_and_resumed_e
     .await;
     let before_kill = job(&stack, &id).await;
     assert_eq!(before_kill["status"], "running");
+    // The walk decides as it goes what no later page can change: the seeded customers
+    // (the newest, walked first) are imported in the walk's own steps.
+    assert_eq!(before_kill["phase"], "customers", "{before_kill}");
+    assert!(
+        before_kill["progress"]["imported"].as_i64().unwrap_or(0) >= 400,
+        "{before_kill}"
+    );
     processes.kill(first);
     processes
         .spawn("consumer-2", &mut stack.consumer_command(&env))
@@ -303,7 +313,10 @@ async fn an_existing_account_is_adopted_by_an_import_killed_midway_and_resumed_e
         linked_stripe_id(&stack, &only).as_deref(),
         Some(only.as_str())
     );
-    assert_eq!(stack.db.count("customers") as usize, 4 + 1 + SEEDED);
+    for fay in [&fay_1, &fay_2] {
+        assert_eq!(linked_stripe_id(&stack, fay).as_deref(), Some(fay.as_str()));
+    }
+    assert_eq!(stack.db.count("customers") as usize, 4 + 3 + SEEDED);
 
     // One Stripe customer was created (Eve's), none for an email the account held.
     let stripe_after: BTreeSet<String> = sandbox.customers().into_iter().map(|c| c.id).collect();
@@ -352,7 +365,7 @@ async fn an_existing_account_is_adopted_by_an_import_killed_midway_and_resumed_e
     .sum();
     assert_eq!(decided, count("customers_walked"), "{counts}");
     assert_eq!(count("ambiguous"), 2, "{counts}");
-    assert_eq!(count("imported") as usize, SEEDED + 1, "{counts}");
+    assert_eq!(count("imported") as usize, SEEDED + 3, "{counts}");
     for kind in [
         "linked",
         "adopted",
@@ -426,7 +439,9 @@ async fn a_running_import_cancelled_through_the_api_stops_at_its_next_step() {
         .as_i64()
         .unwrap();
     assert!(walked < 3000, "{ended}");
-    assert_eq!(stack.db.count("customers"), 0, "cancelled before deciding");
+    // Each page walked was decided in its own step, and nothing after the cancel.
+    assert_eq!(stack.db.count("customers"), walked, "{ended}");
+    assert_eq!(ended["report"]["counts"]["imported"].as_i64(), Some(walked));
     consumer.shutdown().await;
 }
 

@@ -43,28 +43,85 @@ pub fn email_key(email: &str) -> Option<String> {
     (!key.is_empty()).then_some(key)
 }
 
-/// Stages a page of live provider customers for the job (a page staged before, by a job
-/// resumed mid-page, changes nothing).
-pub fn stage(conn: &mut PgConnection, job: uuid::Uuid, page: &[Customer]) -> QueryResult<usize> {
+/// The live customers of a page the job has not staged yet (a job resumed mid-page
+/// staged some before), as they would be staged.
+pub fn unstaged(
+    conn: &mut PgConnection,
+    job: uuid::Uuid,
+    page: &[Customer],
+) -> QueryResult<Vec<Staged>> {
     let live: Vec<&Customer> = page.iter().filter(|c| !c.deleted).collect();
     if live.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    statement(
-        "INSERT INTO sync_job_objects (job_id, external_id, name, email, email_key, local_id) \
-         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-         ON CONFLICT DO NOTHING",
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = Text)]
+        external_id: String,
+    }
+    let seen: std::collections::HashSet<String> = statement(
+        "SELECT external_id FROM sync_job_objects WHERE job_id = $1 AND external_id = ANY($2)",
     )
     .bind::<Uuid, _>(job)
     .bind::<Array<Text>, _>(live.iter().map(|c| c.id.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(live.iter().map(|c| c.name.as_deref()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(live.iter().map(|c| c.email.as_deref()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(
-        live.iter()
-            .map(|c| c.email.as_deref().and_then(email_key))
+    .load::<Id>(conn)?
+    .into_iter()
+    .map(|row| row.external_id)
+    .collect();
+    Ok(live
+        .into_iter()
+        .filter(|c| !seen.contains(&c.id))
+        .map(|c| Staged {
+            external_id: c.id.clone(),
+            name: c.name.clone(),
+            email: c.email.clone(),
+            email_key: c.email.as_deref().and_then(email_key),
+            local_id: c.local_id().map(str::to_owned),
+        })
+        .collect())
+}
+
+/// Stages customers for the job, each marked decided or not (those not decided wait for
+/// the decisions after the walk).
+pub fn stage(
+    conn: &mut PgConnection,
+    job: uuid::Uuid,
+    rows: &[Staged],
+    decided: &std::collections::HashSet<String>,
+) -> QueryResult<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    statement(
+        "INSERT INTO sync_job_objects \
+           (job_id, external_id, name, email, email_key, local_id, decided) \
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+           $7::boolean[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Uuid, _>(job)
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.external_id.as_str())
             .collect::<Vec<_>>(),
     )
-    .bind::<Array<Nullable<Text>>, _>(live.iter().map(|c| c.local_id()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.name.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.email.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.email_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.local_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<diesel::sql_types::Bool>, _>(
+        rows.iter()
+            .map(|r| decided.contains(&r.external_id))
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
 }
 
@@ -77,21 +134,39 @@ pub fn analyze_staged(conn: &mut PgConnection) -> QueryResult<()> {
         .map(drop)
 }
 
+/// Which staged customers a batch reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagedRows {
+    All,
+    /// Those the walk left undecided (through their partial index).
+    Undecided,
+}
+
 /// The job's staged customers after `after`, in id order.
 pub fn staged_after(
     conn: &mut PgConnection,
     job: uuid::Uuid,
+    which: StagedRows,
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<Staged>> {
-    statement(
-        "SELECT external_id, name, email, email_key, local_id FROM sync_job_objects \
-         WHERE job_id = $1 AND external_id > COALESCE($2, '') ORDER BY external_id LIMIT $3",
-    )
-    .bind::<Uuid, _>(job)
-    .bind::<Nullable<Text>, _>(after)
-    .bind::<BigInt, _>(limit)
-    .load(conn)
+    let sql = match which {
+        StagedRows::All => {
+            "SELECT external_id, name, email, email_key, local_id FROM sync_job_objects \
+             WHERE job_id = $1 AND external_id > COALESCE($2, '') \
+             ORDER BY external_id LIMIT $3"
+        }
+        StagedRows::Undecided => {
+            "SELECT external_id, name, email, email_key, local_id FROM sync_job_objects \
+             WHERE job_id = $1 AND external_id > COALESCE($2, '') AND NOT decided \
+             ORDER BY external_id LIMIT $3"
+        }
+    };
+    statement(sql)
+        .bind::<Uuid, _>(job)
+        .bind::<Nullable<Text>, _>(after)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
 }
 
 /// How many staged customers without our metadata share each of these email keys.

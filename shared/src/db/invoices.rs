@@ -1,5 +1,7 @@
 //! The `invoices` table: the invoice catalogue.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
@@ -86,51 +88,87 @@ pub fn link_many(
     .map(|_| ())
 }
 
-/// The stored invoice's status and the time of the event that wrote it, row-locked.
+/// The stored status and event time of each of these invoices that is stored, row-locked
+/// (in id order, as every writer locks them).
 pub fn stored_for_update(
     conn: &mut PgConnection,
-    id: &str,
-) -> QueryResult<Option<(Option<String>, i64)>> {
-    invoices::table
-        .find(id)
-        .select((invoices::status, invoices::last_event_created))
+    ids: &[&str],
+) -> QueryResult<HashMap<String, (Option<String>, i64)>> {
+    Ok(invoices::table
+        .filter(invoices::id.eq_any(ids))
+        .order(invoices::id)
+        .select((invoices::id, invoices::status, invoices::last_event_created))
         .for_update()
-        .first(conn)
-        .optional()
+        .load::<(String, Option<String>, i64)>(conn)?
+        .into_iter()
+        .map(|(id, status, last)| (id, (status, last)))
+        .collect())
 }
 
-/// Writes the invoice as an event of `event_created` carries it, with `status` (Stripe's,
-/// or `deleted`) and the local customer when known.
+/// An invoice to write: as Stripe showed it, with its status (Stripe's, or `deleted`)
+/// and the local customer when known.
+pub struct Upsert<'a> {
+    pub invoice: &'a Invoice,
+    pub status: Option<&'a str>,
+    pub customer: Option<&'a CustomerId>,
+}
+
+/// Writes the invoices as of `event_created` (an event's time, or a list read's), in one
+/// statement; no id may appear twice.
 pub fn upsert(
     conn: &mut PgConnection,
-    invoice: &Invoice,
-    status: Option<&str>,
-    customer: Option<&CustomerId>,
+    rows: &[Upsert<'_>],
     event_created: i64,
-) -> QueryResult<()> {
-    let values = (
-        invoices::id.eq(&invoice.id),
-        invoices::customer_id.eq(customer),
-        invoices::stripe_customer_id.eq(invoice.customer_id()),
-        invoices::number.eq(&invoice.number),
-        invoices::status.eq(status),
-        invoices::currency.eq(invoice.currency.clone().unwrap_or_default()),
-        invoices::amount_due.eq(invoice.amount_due),
-        invoices::amount_paid.eq(invoice.amount_paid),
-        invoices::amount_remaining.eq(invoice.amount_remaining),
-        invoices::total.eq(invoice.total),
-        invoices::hosted_invoice_url.eq(&invoice.hosted_invoice_url),
-        invoices::due_date.eq(invoice.due_date),
-        invoices::period_start.eq(invoice.period_start),
-        invoices::period_end.eq(invoice.period_end),
-        invoices::created.eq(invoice.created),
-        invoices::last_event_created.eq(event_created),
-    );
+) -> QueryResult<usize> {
+    use diesel::upsert::excluded;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let values: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            let invoice = row.invoice;
+            (
+                invoices::id.eq(&invoice.id),
+                invoices::customer_id.eq(row.customer),
+                invoices::stripe_customer_id.eq(invoice.customer_id()),
+                invoices::number.eq(&invoice.number),
+                invoices::status.eq(row.status),
+                invoices::currency.eq(invoice.currency.clone().unwrap_or_default()),
+                invoices::amount_due.eq(invoice.amount_due),
+                invoices::amount_paid.eq(invoice.amount_paid),
+                invoices::amount_remaining.eq(invoice.amount_remaining),
+                invoices::total.eq(invoice.total),
+                invoices::hosted_invoice_url.eq(&invoice.hosted_invoice_url),
+                invoices::due_date.eq(invoice.due_date),
+                invoices::period_start.eq(invoice.period_start),
+                invoices::period_end.eq(invoice.period_end),
+                invoices::created.eq(invoice.created),
+                invoices::last_event_created.eq(event_created),
+            )
+        })
+        .collect();
     diesel::insert_into(invoices::table)
-        .values(values.clone())
+        .values(values)
         .on_conflict(invoices::id)
         .do_update()
-        .set((values, invoices::updated_at.eq(diesel::dsl::now)))
+        .set((
+            invoices::customer_id.eq(excluded(invoices::customer_id)),
+            invoices::stripe_customer_id.eq(excluded(invoices::stripe_customer_id)),
+            invoices::number.eq(excluded(invoices::number)),
+            invoices::status.eq(excluded(invoices::status)),
+            invoices::currency.eq(excluded(invoices::currency)),
+            invoices::amount_due.eq(excluded(invoices::amount_due)),
+            invoices::amount_paid.eq(excluded(invoices::amount_paid)),
+            invoices::amount_remaining.eq(excluded(invoices::amount_remaining)),
+            invoices::total.eq(excluded(invoices::total)),
+            invoices::hosted_invoice_url.eq(excluded(invoices::hosted_invoice_url)),
+            invoices::due_date.eq(excluded(invoices::due_date)),
+            invoices::period_start.eq(excluded(invoices::period_start)),
+            invoices::period_end.eq(excluded(invoices::period_end)),
+            invoices::created.eq(excluded(invoices::created)),
+            invoices::last_event_created.eq(excluded(invoices::last_event_created)),
+            invoices::updated_at.eq(diesel::dsl::now),
+        ))
         .execute(conn)
-        .map(|_| ())
 }

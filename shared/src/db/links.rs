@@ -198,6 +198,34 @@ pub fn customer_of_stripe_id(
         .optional()
 }
 
+/// The local customers linked to these Stripe customer ids, by Stripe id.
+pub fn customers_of_stripe_ids(
+    conn: &mut PgConnection,
+    stripe_ids: &[&str],
+) -> QueryResult<std::collections::HashMap<String, CustomerId>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        external_id: String,
+        #[diesel(sql_type = Text)]
+        customer_id: String,
+    }
+    if stripe_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<Row> = statement(
+        "SELECT l.external_id, l.customer_id FROM unnest($1::text[]) AS t(id), LATERAL \
+           (SELECT * FROM provider_links \
+            WHERE provider = 'stripe' AND external_id = t.id LIMIT 1) AS l",
+    )
+    .bind::<Array<Text>, _>(stripe_ids)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((r.external_id, CustomerId::parse(&r.customer_id).ok()?)))
+        .collect())
+}
+
 // One index probe per id, whatever the tables' statistics say. `= ANY($1)`, or the same
 // subquery without its LIMIT (which PostgreSQL flattens into a join), can be planned as a
 // scan of the whole table and a hash join when the statistics are stale: milliseconds

@@ -96,6 +96,7 @@ diesel::table! {
         email -> Nullable<Text>,
         email_key -> Nullable<Text>,
         local_id -> Nullable<Text>,
+        decided -> Bool,
     }
 }
 

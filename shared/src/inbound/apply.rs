@@ -14,8 +14,9 @@ use crate::db::events::Source;
 use crate::db::links::{self, LinkRow, Remembered};
 use crate::db::{events as event_rows, invoices, DbError};
 use crate::domain::{CustomerId, Operation, Provider};
+
 use crate::queue;
-use crate::stripe::{Customer, Event, EventData, INVOICE_EVENTS};
+use crate::stripe::{Customer, Event, EventData, Invoice, INVOICE_EVENTS};
 
 /// Stores one event and applies its effects in one transaction.
 pub fn apply(
@@ -448,6 +449,42 @@ fn find_or_link(
         .ok_or_else(|| DbError::Unexpected(anyhow::anyhow!("linked customer is missing")))
 }
 
+/// Stores invoices as Stripe showed them at `as_of` (an event's time, or a list read's),
+/// each with its status, none over a newer row, with the local customer when linked: three
+/// statements for the batch. How many were written.
+pub fn store_invoices(
+    conn: &mut PgConnection,
+    batch: &[(&Invoice, Option<&str>)],
+    as_of: i64,
+) -> Result<usize, DbError> {
+    let mut ids: Vec<&str> = batch.iter().map(|(i, _)| i.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let stored = invoices::stored_for_update(conn, &ids)?;
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<(&Invoice, Option<&str>, Option<String>)> = batch
+        .iter()
+        .filter(|(invoice, _)| seen.insert(invoice.id.as_str()))
+        .filter(|(invoice, status)| {
+            stored.get(&invoice.id).is_none_or(|(stored, last)| {
+                !rules::invoice_is_stale(stored.as_deref(), *last, *status, as_of)
+            })
+        })
+        .map(|(invoice, status)| (*invoice, *status, invoice.customer_id()))
+        .collect();
+    let stripe_ids: Vec<&str> = fresh.iter().filter_map(|(_, _, c)| c.as_deref()).collect();
+    let customers = links::customers_of_stripe_ids(conn, &stripe_ids)?;
+    let rows: Vec<invoices::Upsert<'_>> = fresh
+        .iter()
+        .map(|(invoice, status, stripe_id)| invoices::Upsert {
+            invoice,
+            status: *status,
+            customer: stripe_id.as_ref().and_then(|s| customers.get(s)),
+        })
+        .collect();
+    Ok(invoices::upsert(conn, &rows, as_of)?)
+}
+
 /// An invoice event: the row is written unless the event is older than what it holds.
 fn invoice_changed(conn: &mut PgConnection, event: &Event) -> Result<Effect, DbError> {
     let invoice = event
@@ -458,21 +495,8 @@ fn invoice_changed(conn: &mut PgConnection, event: &Event) -> Result<Effect, DbE
     } else {
         invoice.status.clone()
     };
-    if let Some((stored, last)) = invoices::stored_for_update(conn, &invoice.id)? {
-        if rules::invoice_is_stale(stored.as_deref(), last, status.as_deref(), event.created) {
-            return Ok(Effect::Stale);
-        }
+    if store_invoices(conn, &[(&invoice, status.as_deref())], event.created)? == 0 {
+        return Ok(Effect::Stale);
     }
-    let customer = match invoice.customer_id() {
-        Some(stripe_id) => links::customer_of_stripe_id(conn, &stripe_id)?,
-        None => None,
-    };
-    invoices::upsert(
-        conn,
-        &invoice,
-        status.as_deref(),
-        customer.as_ref(),
-        event.created,
-    )?;
     Ok(Effect::InvoiceStored)
 }

@@ -12,7 +12,7 @@ mod apply;
 pub mod rules;
 
 pub use crate::db::events::Source;
-pub use apply::{apply, apply_batch, apply_batch_from, apply_current_customer};
+pub use apply::{apply, apply_batch, apply_batch_from, apply_current_customer, store_invoices};
 
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
