@@ -117,27 +117,31 @@ impl Worker {
     }
 
     /// Claims and starts due tasks as long as permits are free and claims fill them;
-    /// answers how many were started.
+    /// answers how many were started. The permits are taken before the claim, so every
+    /// task claimed starts at once (no lease runs while a task waits for a permit another
+    /// provider's loop took meanwhile).
     async fn claim_while_free(self: &Arc<Self>, provider: Provider, bell: &Arc<Notify>) -> usize {
         let mut started = 0;
         loop {
-            let free = self.permits.available_permits();
-            if free == 0 {
-                return started;
-            }
+            let (free, mut held) = loop {
+                let free = self.permits.available_permits();
+                if free == 0 {
+                    return started;
+                }
+                // Another loop may take some between the count and the taking.
+                if let Ok(held) = self.permits.clone().try_acquire_many_owned(free as u32) {
+                    break (free, held);
+                }
+            };
             let Some(tasks) = self.claim(provider, free).await else {
                 return started;
             };
             let count = tasks.len();
             for task in tasks {
-                let permit = self
-                    .permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
+                let permit = held.split(1).expect("a permit held per task claimed");
                 self.start(provider, task, permit, bell.clone());
             }
+            drop(held);
             started += count;
             if count < free {
                 return started;
@@ -206,7 +210,10 @@ impl Worker {
         async {
             let started = Instant::now();
             let outcome = match self.providers.get(&provider) {
-                Some(api) => self.execute(api.as_ref(), &task).await,
+                Some(api) => match self.execute_leased(api.as_ref(), &task).await {
+                    Some(outcome) => outcome,
+                    None => return,
+                },
                 None => Outcome::Dead(format!(
                     "the {provider} provider is not configured in this consumer"
                 )),
@@ -218,37 +225,85 @@ impl Worker {
         .await
     }
 
-    /// Writes the outcome: link and `succeeded` together, or the retry, or `dead`.
+    /// Executes the task while renewing its lease a third of the way through each term;
+    /// the outcome, or `None` when the lease was lost (another consumer claimed the task,
+    /// or it could not be renewed before it ran out): the call is then abandoned where it
+    /// stands, and its retry runs under the same idempotency key.
+    async fn execute_leased(&self, api: &dyn ProviderApi, task: &TaskRow) -> Option<Outcome> {
+        let keep = async {
+            let mut expires = Instant::now() + self.lease;
+            loop {
+                tokio::time::sleep(self.lease / 3).await;
+                let (pool, task, lease) = (self.pool.clone(), task.clone(), self.lease);
+                let asked = Instant::now();
+                let renewed =
+                    db::run(&pool, move |conn| Ok(queue::renew(conn, &task, lease)?)).await;
+                match renewed {
+                    Ok(true) => expires = asked + self.lease,
+                    Ok(false) => {
+                        tracing::warn!(
+                            "the task's lease passed to another consumer; its call is abandoned"
+                        );
+                        return;
+                    }
+                    Err(e) if Instant::now() + self.lease / 3 >= expires => {
+                        tracing::warn!(error = %e, "the task's lease could not be renewed before it ran out; its call is abandoned");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the task's lease failed; trying again")
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            outcome = self.execute(api, task) => Some(outcome),
+            () = keep => None,
+        }
+    }
+
+    /// Writes the outcome under the task's claim: link and `succeeded` together, or the
+    /// retry, or `dead`. A late outcome (another consumer claimed the task since) is
+    /// logged and dropped.
     async fn record(&self, task: &TaskRow, outcome: Outcome) {
         let task = task.clone();
         let max_attempts = self.max_attempts;
         let max_backoff = self.max_backoff;
         let result = db::run(&self.pool, move |conn| {
-            match outcome {
-                Outcome::Done {
-                    external_id,
-                    synced_version,
-                } => queue::complete(conn, &task, external_id.as_deref(), synced_version)?,
-                Outcome::Retry {
-                    error,
-                    retry_after,
-                    new_key,
-                    sent_email,
-                } => {
-                    if new_key {
-                        queue::next_key_generation(conn, &task, sent_email.as_deref())?;
+            use diesel::Connection;
+            conn.transaction(|conn| {
+                Ok::<_, DbError>(match outcome {
+                    Outcome::Done {
+                        external_id,
+                        synced_version,
+                    } => queue::complete(conn, &task, external_id.as_deref(), synced_version)?,
+                    Outcome::Retry {
+                        error,
+                        retry_after,
+                        new_key,
+                        sent_email,
+                    } => {
+                        if new_key
+                            && queue::next_key_generation(conn, &task, sent_email.as_deref())?
+                                .is_none()
+                        {
+                            return Ok(false);
+                        }
+                        let delay = backoff::delay(task.attempts, retry_after, max_backoff);
+                        queue::retry_later(conn, &task, &error, delay, max_attempts)?.is_some()
                     }
-                    let delay = backoff::delay(task.attempts, retry_after, max_backoff);
-                    queue::retry_later(conn, &task, &error, delay, max_attempts)?;
-                }
-                Outcome::Dead(error) => queue::kill(conn, &task, &error)?,
-            }
-            Ok(())
+                    Outcome::Dead(error) => queue::kill(conn, &task, &error)?,
+                })
+            })
         })
         .await;
-        if let Err(e) = result {
+        match result {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "a late outcome was dropped: another consumer claimed the task since"
+            ),
             // The lease will expire and another attempt will run with the same key.
-            tracing::error!(error = %e, "recording the task outcome failed");
+            Err(e) => tracing::error!(error = %e, "recording the task outcome failed"),
         }
     }
 
@@ -392,14 +447,13 @@ impl Worker {
     pub async fn release_in_flight(&self) {
         let tasks: Vec<TaskRow> = self.in_flight.lock().unwrap().values().cloned().collect();
         for task in tasks {
-            let owner = self.owner.clone();
             let id = task.id;
-            let released = db::run(&self.pool, move |conn| {
-                Ok(queue::release(conn, &task, &owner)?)
-            })
-            .await;
+            let released = db::run(&self.pool, move |conn| Ok(queue::release(conn, &task)?)).await;
             match released {
-                Ok(()) => tracing::info!(task_id = %id, "released an unfinished task"),
+                Ok(true) => tracing::info!(task_id = %id, "released an unfinished task"),
+                Ok(false) => {
+                    tracing::info!(task_id = %id, "an unfinished task was claimed by another consumer meanwhile")
+                }
                 Err(e) => {
                     tracing::warn!(task_id = %id, error = %e, "releasing failed; its lease will expire")
                 }

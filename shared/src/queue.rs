@@ -9,7 +9,7 @@ use crate::db::links;
 use crate::db::tasks::{self, NewTask, TaskRow};
 use crate::domain::{Operation, Provider, TaskId, TaskStatus};
 
-pub use crate::db::tasks::{claim, key_for, next_due, release};
+pub use crate::db::tasks::{claim, key_for, next_due, release, renew};
 
 /// Queues one `operation` task per customer and provider (and the links they need), in
 /// two statements, in the order given; call it inside the transaction that made the
@@ -45,14 +45,18 @@ pub fn enqueue_for(
 }
 
 /// Marks the task succeeded and records the provider's id and the version it now holds,
-/// in one transaction.
+/// in one transaction; `false`, and nothing written, when the claim no longer holds the
+/// task (a late outcome: another consumer took it over).
 pub fn complete(
     conn: &mut PgConnection,
     task: &TaskRow,
     external_id: Option<&str>,
     synced_version: i64,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     conn.transaction(|conn| {
+        if !tasks::mark_succeeded(conn, task)? {
+            return Ok(false);
+        }
         links::record_synced(
             conn,
             &task.customer_id,
@@ -60,40 +64,40 @@ pub fn complete(
             external_id,
             synced_version,
         )?;
-        tasks::mark_succeeded(conn, task)
+        Ok(true)
     })
 }
 
 /// Puts the task back to `pending` until `delay` has passed, or `dead` when it has used
-/// `max_attempts`.
+/// `max_attempts`; `None` when the claim no longer holds the task (nothing written).
 pub fn retry_later(
     conn: &mut PgConnection,
     task: &TaskRow,
     error: &str,
     delay: std::time::Duration,
     max_attempts: i32,
-) -> QueryResult<TaskStatus> {
+) -> QueryResult<Option<TaskStatus>> {
     if task.attempts >= max_attempts {
         let error = format!("gave up after {} attempts: {error}", task.attempts);
-        tasks::mark_dead(conn, task, &error)?;
-        return Ok(TaskStatus::Dead);
+        return Ok(tasks::mark_dead(conn, task, &error)?.then_some(TaskStatus::Dead));
     }
-    tasks::mark_pending(conn, task, error, delay)?;
-    Ok(TaskStatus::Pending)
+    Ok(tasks::mark_pending(conn, task, error, delay)?.then_some(TaskStatus::Pending))
 }
 
-/// Marks the task `dead` with the provider's message; it waits for a manual retry.
-pub fn kill(conn: &mut PgConnection, task: &TaskRow, error: &str) -> QueryResult<()> {
+/// Marks the task `dead` with the provider's message (it waits for a manual retry);
+/// `false` when the claim no longer holds the task.
+pub fn kill(conn: &mut PgConnection, task: &TaskRow, error: &str) -> QueryResult<bool> {
     tasks::mark_dead(conn, task, error)
 }
 
 /// Gives the task a new idempotency-key generation: after a 500 the old key is spent.
-/// `sent_email` is the email a create call carried, for the reconcile to search.
+/// `sent_email` is the email a create call carried, for the reconcile to search. `None`
+/// when the claim no longer holds the task.
 pub fn next_key_generation(
     conn: &mut PgConnection,
     task: &TaskRow,
     sent_email: Option<&str>,
-) -> QueryResult<i32> {
+) -> QueryResult<Option<i32>> {
     let mut emails = task.reconcile_emails.clone();
     if let Some(email) = sent_email {
         if !emails.iter().any(|e| e == email) {

@@ -138,7 +138,7 @@ fn retries_wait_their_delay_and_die_at_the_attempt_limit() {
         .remove(0);
     let status =
         queue::retry_later(&mut conn, &task, "HTTP 503", Duration::from_secs(60), 3).unwrap();
-    assert_eq!(status.as_str(), "pending");
+    assert_eq!(status.unwrap().as_str(), "pending");
     assert!(queue::claim(&mut conn, Provider::Stripe, 1, "me", LEASE)
         .unwrap()
         .is_empty());
@@ -158,7 +158,7 @@ fn retries_wait_their_delay_and_die_at_the_attempt_limit() {
         .unwrap()
         .unwrap();
     let status = queue::retry_later(&mut conn, &task, "HTTP 503", Duration::ZERO, 3).unwrap();
-    assert_eq!(status.as_str(), "dead");
+    assert_eq!(status.unwrap().as_str(), "dead");
     let dead = shared::db::tasks::find(&mut conn, task.id.into())
         .unwrap()
         .unwrap();
@@ -176,11 +176,16 @@ fn a_released_task_is_claimable_at_once_without_spending_an_attempt() {
     let task = queue::claim(&mut conn, Provider::Stripe, 1, "me", LEASE)
         .unwrap()
         .remove(0);
-    queue::release(&mut conn, &task, "someone-else").unwrap();
+    // A copy of another claim's task (its token) releases nothing.
+    let stale = shared::db::tasks::TaskRow {
+        claim_token: Some(uuid::Uuid::new_v4()),
+        ..task.clone()
+    };
+    assert!(!queue::release(&mut conn, &stale).unwrap());
     assert!(queue::claim(&mut conn, Provider::Stripe, 1, "x", LEASE)
         .unwrap()
         .is_empty());
-    queue::release(&mut conn, &task, "me").unwrap();
+    assert!(queue::release(&mut conn, &task).unwrap());
     let again = queue::claim(&mut conn, Provider::Stripe, 1, "x", LEASE)
         .unwrap()
         .remove(0);
@@ -197,7 +202,7 @@ fn a_new_key_generation_changes_the_idempotency_key() {
         .remove(0);
     let first = queue::idempotency_key(&task);
     let generation = queue::next_key_generation(&mut conn, &task, Some("a@example.com")).unwrap();
-    assert_eq!(generation, 1);
+    assert_eq!(generation, Some(1));
     let task = shared::db::tasks::find(&mut conn, task.id.into())
         .unwrap()
         .unwrap();
@@ -244,4 +249,70 @@ fn next_due_says_when_the_next_task_can_be_claimed_and_none_when_all_are_done() 
     };
     queue::complete(&mut conn, &claimed[0], Some("cus_1"), 1).unwrap();
     assert_eq!(queue::next_due(&mut conn, Provider::Stripe).unwrap(), None);
+}
+
+/// The task's status, key generation, attempts and last error.
+fn task_state(conn: &mut PgConnection, id: uuid::Uuid) -> (String, i32, i32, Option<String>) {
+    use shared::db::schema::sync_tasks as t;
+    t::table
+        .find(id)
+        .select((t::status, t::key_generation, t::attempts, t::last_error))
+        .first(conn)
+        .unwrap()
+}
+
+#[test]
+fn outcomes_after_the_lease_passed_to_another_consumer_change_nothing() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    customer(&mut conn, "a");
+    // A slow consumer's lease runs out during its call (a lease of zero: out at once).
+    let slow = queue::claim(&mut conn, Provider::Stripe, 1, "slow", Duration::ZERO)
+        .unwrap()
+        .remove(0);
+    let fast = queue::claim(&mut conn, Provider::Stripe, 1, "fast", LEASE)
+        .unwrap()
+        .remove(0);
+    assert_eq!(fast.id, slow.id, "taken over");
+    assert_ne!(fast.claim_token, slow.claim_token);
+
+    // While the new claim's call is in flight, the old one can neither renew nor put the
+    // task back (a third consumer would then call the provider beside the second).
+    assert!(!queue::renew(&mut conn, &slow, LEASE).unwrap());
+    assert!(queue::renew(&mut conn, &fast, LEASE).unwrap());
+    let late = queue::retry_later(&mut conn, &slow, "timed out", Duration::ZERO, 12).unwrap();
+    assert_eq!(late, None);
+    assert_eq!(
+        queue::next_key_generation(&mut conn, &slow, None).unwrap(),
+        None
+    );
+    assert!(!queue::release(&mut conn, &slow).unwrap());
+    assert!(queue::claim(&mut conn, Provider::Stripe, 1, "third", LEASE)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        task_state(&mut conn, fast.id),
+        ("in_flight".into(), 0, 2, None)
+    );
+
+    // The new claim completes; the old one's outcomes, arriving after, write nothing.
+    assert!(queue::complete(&mut conn, &fast, Some("cus_fast"), 1).unwrap());
+    assert!(!queue::complete(&mut conn, &slow, Some("cus_slow"), 1).unwrap());
+    assert!(!queue::kill(&mut conn, &slow, "HTTP 400").unwrap());
+    assert_eq!(
+        queue::retry_later(&mut conn, &slow, "HTTP 503", Duration::ZERO, 12).unwrap(),
+        None
+    );
+    assert_eq!(
+        task_state(&mut conn, fast.id),
+        ("succeeded".into(), 0, 2, None)
+    );
+    let link = shared::db::links::find(
+        &mut conn,
+        &CustomerId::parse("a").unwrap(),
+        Provider::Stripe,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(link.external_id.as_deref(), Some("cus_fast"));
 }

@@ -194,3 +194,39 @@ async fn a_create_hidden_by_a_500_is_found_under_the_email_it_carried_after_the_
     assert_eq!(alive[0].email.as_deref(), Some("new@example.com"));
     consumer.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_slower_than_the_lease_keeps_its_task_and_is_made_once() {
+    // Every Stripe answer takes 2.5 s; the lease is 1 s, and a second consumer sweeps
+    // every 200 ms for tasks whose lease ran out.
+    let stack = stack(SandboxConfig {
+        latency_ms: 2500,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let short_lease = |s: &mut shared::config::ConsumerSettings| {
+        s.lease = std::time::Duration::from_secs(1);
+        s.adopt_by_email = false;
+    };
+    let first = stack.consumer_with(short_lease).await;
+    let second = stack.consumer_with(short_lease).await;
+    stack.create("slow-1", "Ada", "ada@example.com").await;
+    stack.drained(1).await;
+
+    // The call renewed its lease while it ran: one claim, one call.
+    let creates = stack
+        .sandbox
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/customers")
+        .count();
+    assert_eq!(creates, 1);
+    let attempts = stack.db.count_where(
+        "sync_tasks",
+        "customer_id = 'slow-1' AND status = 'succeeded' AND attempts = 1",
+    );
+    assert_eq!(attempts, 1);
+    assert_exactly_once(&stack, 1);
+    first.shutdown().await;
+    second.shutdown().await;
+}

@@ -49,6 +49,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        claim_token -> Nullable<Uuid>,
     }
 }
 

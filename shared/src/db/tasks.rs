@@ -32,6 +32,8 @@ pub struct TaskRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The current claim's token: outcomes apply only under it.
+    pub claim_token: Option<uuid::Uuid>,
 }
 
 /// A task to add with [`insert_many`].
@@ -85,7 +87,7 @@ pub fn claim(
 ) -> QueryResult<Vec<TaskRow>> {
     diesel::sql_query(
         "UPDATE sync_tasks t
-            SET status = 'in_flight', lease_owner = $3,
+            SET status = 'in_flight', lease_owner = $3, claim_token = gen_random_uuid(),
                 lease_expires_at = now() + make_interval(secs => $4),
                 attempts = t.attempts + 1, updated_at = now()
           WHERE t.id IN (
@@ -117,9 +119,22 @@ pub fn claim(
     })
 }
 
-/// Marks the task succeeded (keeping the lease owner: it tells which consumer did it).
-pub fn mark_succeeded(conn: &mut PgConnection, task: &TaskRow) -> QueryResult<()> {
-    diesel::update(sync_tasks::table.find(task.id))
+/// The task as this claim holds it: in flight under the claim's token. A consumer whose
+/// lease ran out (another one claimed the task since) finds nothing here, so its late
+/// outcome changes nothing.
+macro_rules! held {
+    ($task:expr) => {
+        sync_tasks::table
+            .find($task.id)
+            .filter(sync_tasks::status.eq(TaskStatus::InFlight))
+            .filter(sync_tasks::claim_token.eq($task.claim_token))
+    };
+}
+
+/// Marks the task succeeded (keeping the lease owner: it tells which consumer did it);
+/// `false` when the claim no longer holds it.
+pub fn mark_succeeded(conn: &mut PgConnection, task: &TaskRow) -> QueryResult<bool> {
+    diesel::update(held!(task))
         .set((
             sync_tasks::status.eq(TaskStatus::Succeeded),
             sync_tasks::lease_expires_at.eq(None::<DateTime<Utc>>),
@@ -128,32 +143,35 @@ pub fn mark_succeeded(conn: &mut PgConnection, task: &TaskRow) -> QueryResult<()
             sync_tasks::updated_at.eq(diesel::dsl::now),
         ))
         .execute(conn)
-        .map(|_| ())
+        .map(|n| n == 1)
 }
 
-/// Puts the task back to `pending` until `delay` has passed, with its error.
+/// Puts the task back to `pending` until `delay` has passed, with its error; `false` when
+/// the claim no longer holds it.
 pub fn mark_pending(
     conn: &mut PgConnection,
     task: &TaskRow,
     error: &str,
     delay: std::time::Duration,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     diesel::sql_query(
         "UPDATE sync_tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
                 last_error = $2, next_attempt_at = now() + make_interval(secs => $3),
                 updated_at = now()
-          WHERE id = $1",
+          WHERE id = $1 AND status = 'in_flight' AND claim_token = $4",
     )
     .bind::<Uuid, _>(task.id)
     .bind::<Text, _>(truncate(error))
     .bind::<diesel::sql_types::Double, _>(delay.as_secs_f64())
+    .bind::<diesel::sql_types::Nullable<Uuid>, _>(task.claim_token)
     .execute(conn)
-    .map(|_| ())
+    .map(|n| n == 1)
 }
 
-/// Marks the task `dead` with the provider's message; it waits for a manual retry.
-pub fn mark_dead(conn: &mut PgConnection, task: &TaskRow, error: &str) -> QueryResult<()> {
-    diesel::update(sync_tasks::table.find(task.id))
+/// Marks the task `dead` with the provider's message (it waits for a manual retry);
+/// `false` when the claim no longer holds it.
+pub fn mark_dead(conn: &mut PgConnection, task: &TaskRow, error: &str) -> QueryResult<bool> {
+    diesel::update(held!(task))
         .set((
             sync_tasks::status.eq(TaskStatus::Dead),
             sync_tasks::lease_owner.eq(None::<String>),
@@ -162,43 +180,58 @@ pub fn mark_dead(conn: &mut PgConnection, task: &TaskRow, error: &str) -> QueryR
             sync_tasks::updated_at.eq(diesel::dsl::now),
         ))
         .execute(conn)
-        .map(|_| ())
+        .map(|n| n == 1)
 }
 
 /// Gives the task a new idempotency-key generation and the emails its reconcile must
-/// search; returns the new generation.
+/// search; the new generation, or `None` when the claim no longer holds the task.
 pub fn next_key_generation(
     conn: &mut PgConnection,
     task: &TaskRow,
     reconcile_emails: Vec<String>,
-) -> QueryResult<i32> {
-    diesel::update(sync_tasks::table.find(task.id))
+) -> QueryResult<Option<i32>> {
+    diesel::update(held!(task))
         .set((
             sync_tasks::key_generation.eq(sync_tasks::key_generation + 1),
             sync_tasks::reconcile_emails.eq(reconcile_emails),
         ))
         .returning(sync_tasks::key_generation)
         .get_result(conn)
+        .optional()
 }
 
-/// Hands an unfinished task back (graceful shutdown) without counting the attempt.
-pub fn release(conn: &mut PgConnection, task: &TaskRow, owner: &str) -> QueryResult<()> {
-    diesel::update(
-        sync_tasks::table
-            .find(task.id)
-            .filter(sync_tasks::status.eq(TaskStatus::InFlight))
-            .filter(sync_tasks::lease_owner.eq(owner)),
+/// Extends the claim's lease by `lease` from now; `false` when the claim no longer holds
+/// the task (its call should be abandoned).
+pub fn renew(
+    conn: &mut PgConnection,
+    task: &TaskRow,
+    lease: std::time::Duration,
+) -> QueryResult<bool> {
+    diesel::sql_query(
+        "UPDATE sync_tasks SET lease_expires_at = now() + make_interval(secs => $2)
+          WHERE id = $1 AND status = 'in_flight' AND claim_token = $3",
     )
-    .set((
-        sync_tasks::status.eq(TaskStatus::Pending),
-        sync_tasks::attempts.eq(sync_tasks::attempts - 1),
-        sync_tasks::lease_owner.eq(None::<String>),
-        sync_tasks::lease_expires_at.eq(None::<DateTime<Utc>>),
-        sync_tasks::next_attempt_at.eq(diesel::dsl::now),
-        sync_tasks::updated_at.eq(diesel::dsl::now),
-    ))
+    .bind::<Uuid, _>(task.id)
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .bind::<diesel::sql_types::Nullable<Uuid>, _>(task.claim_token)
     .execute(conn)
-    .map(|_| ())
+    .map(|n| n == 1)
+}
+
+/// Hands an unfinished task back (graceful shutdown) without counting the attempt;
+/// `false` when the claim no longer holds it.
+pub fn release(conn: &mut PgConnection, task: &TaskRow) -> QueryResult<bool> {
+    diesel::update(held!(task))
+        .set((
+            sync_tasks::status.eq(TaskStatus::Pending),
+            sync_tasks::attempts.eq(sync_tasks::attempts - 1),
+            sync_tasks::lease_owner.eq(None::<String>),
+            sync_tasks::lease_expires_at.eq(None::<DateTime<Utc>>),
+            sync_tasks::next_attempt_at.eq(diesel::dsl::now),
+            sync_tasks::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .map(|n| n == 1)
 }
 
 /// Puts a `dead` task back to `pending` with a fresh attempt budget; `None` when the task
