@@ -214,12 +214,7 @@ async fn a_call_slower_than_the_lease_keeps_its_task_and_is_made_once() {
     stack.drained(1).await;
 
     // The call renewed its lease while it ran: one claim, one call.
-    let creates = stack
-        .sandbox
-        .request_log()
-        .iter()
-        .filter(|r| r.method == "POST" && r.path == "/v1/customers")
-        .count();
+    let creates = stack.sandbox_requests("POST", "/v1/customers");
     assert_eq!(creates, 1);
     let attempts = stack.db.count_where(
         "sync_tasks",

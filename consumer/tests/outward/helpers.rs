@@ -164,6 +164,15 @@ impl Stack {
         self.db.wait_all_succeeded(expect_succeeded, WAIT).await
     }
 
+    /// How many `method path` requests the sandbox received.
+    pub fn sandbox_requests(&self, method: &str, path: &str) -> usize {
+        self.sandbox
+            .request_log()
+            .iter()
+            .filter(|r| r.method == method && r.path == path)
+            .count()
+    }
+
     /// Live (not deleted) sandbox customers' ids, by the local id they carry.
     pub fn sandbox_ids_by_local_id(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         self.sandbox

@@ -121,12 +121,7 @@ async fn several_consumers_share_the_work_without_duplicate_calls() {
                 .await;
         }
         stack.drained(60).await;
-        let creates = stack
-            .sandbox
-            .request_log()
-            .iter()
-            .filter(|r| r.method == "POST" && r.path == "/v1/customers")
-            .count();
+        let creates = stack.sandbox_requests("POST", "/v1/customers");
         assert_eq!(
             creates, 60,
             "{consumers} consumers: one create call per customer"
