@@ -227,6 +227,9 @@ fn the_database_accepts_exactly_the_customer_ids_the_api_accepts() {
         "ÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄ",
         "-",
         ".",
+        "..",
+        "...",
+        ".a.",
     ];
     for (i, id) in samples.iter().enumerate() {
         let stored =

@@ -30,6 +30,19 @@ async fn each_invalid_field_on_create_is_a_400_naming_it_and_writes_nothing() {
             json!({"id": "c-1", "name": "Ada\nDROP TABLE", "email": "ada@example.com"}),
         ),
         ("name", json!({"id": "c-1", "email": "ada@example.com"})),
+        // Only dots: "." and ".." would be path segments at Salesforce.
+        (
+            "id",
+            json!({"id": ".", "name": "Ada", "email": "ada@example.com"}),
+        ),
+        (
+            "id",
+            json!({"id": "..", "name": "Ada", "email": "ada@example.com"}),
+        ),
+        (
+            "id",
+            json!({"id": "...", "name": "Ada", "email": "ada@example.com"}),
+        ),
         (
             "email",
             json!({"id": "c-1", "name": "Ada", "email": "not-an-email"}),

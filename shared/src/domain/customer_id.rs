@@ -30,6 +30,12 @@ impl CustomerId {
                 "id may contain only letters, digits, '_', '.' and '-'".into(),
             ));
         }
+        if value.bytes().all(|b| b == b'.') {
+            // "." and ".." would name another resource in a provider's URL path.
+            return Err(ParseError(
+                "id must contain a character other than '.'".into(),
+            ));
+        }
         Ok(Self(value.to_owned()))
     }
 
@@ -57,7 +63,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn valid_ids_are_accepted_and_kept(id in "[A-Za-z0-9_.-]{1,64}") {
+        fn valid_ids_are_accepted_and_kept(id in "[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}"
+            .prop_filter("at most 64", |id| id.len() <= 64)) {
             let parsed = CustomerId::parse(&id).unwrap();
             prop_assert_eq!(parsed.as_str(), id.as_str());
         }
@@ -75,6 +82,16 @@ mod tests {
         #[test]
         fn ids_longer_than_64_are_refused(id in "[a-z]{65,100}") {
             prop_assert!(CustomerId::parse(&id).is_err());
+        }
+    }
+
+    #[test]
+    fn ids_of_dots_alone_are_refused() {
+        for id in [".", "..", "...", &".".repeat(64)] {
+            assert!(CustomerId::parse(id).is_err(), "{id}");
+        }
+        for id in [".a", "a..", "..-", "_."] {
+            assert!(CustomerId::parse(id).is_ok(), "{id}");
         }
     }
 
