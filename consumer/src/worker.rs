@@ -532,7 +532,15 @@ impl Call<'_> {
                 .await
                 .map(|told| told.or(Some(id.clone()))),
             Some(id) => Ok(Some(id.clone())),
-            None if self.deleted() && self.api.keyed_by_local_id() => Ok(None),
+            // Deleted before any call could have made it (a first attempt, or the
+            // reconcile above found nothing): nothing to create, nothing to call.
+            None if self.deleted()
+                && (self.api.keyed_by_local_id()
+                    || self.task.attempts <= 1
+                    || self.task.key_generation > 0) =>
+            {
+                Ok(None)
+            }
             None => self.api.create(&self.customer, &key).await,
         };
         let error = match result {

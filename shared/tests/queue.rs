@@ -316,3 +316,18 @@ fn outcomes_after_the_lease_passed_to_another_consumer_change_nothing() {
     .unwrap();
     assert_eq!(link.external_id.as_deref(), Some("cus_fast"));
 }
+
+#[test]
+fn a_dead_task_retried_by_hand_calls_under_a_key_never_sent() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    customer(&mut conn, "a");
+    let task = queue::claim(&mut conn, Provider::Stripe, 1, "me", LEASE)
+        .unwrap()
+        .remove(0);
+    let before = queue::idempotency_key(&task);
+    assert!(queue::kill(&mut conn, &task, "HTTP 400").unwrap());
+    let revived = queue::retry_dead(&mut conn, task.id.into()).unwrap();
+    assert_eq!(revived.key_generation, task.key_generation + 1);
+    assert_ne!(queue::idempotency_key(&revived), before);
+}

@@ -225,3 +225,45 @@ async fn a_call_slower_than_the_lease_keeps_its_task_and_is_made_once() {
     first.shutdown().await;
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stripe_refuses_as_used_for_another_request_leads_to_a_reconcile_and_a_new_key() {
+    let stack = stack(SandboxConfig::default()).await;
+    let created = stack.create("c-1", "Ada", "ada@example.com").await;
+    let task = created["tasks"][0]["id"].as_str().unwrap().to_owned();
+    // The task's key was spent on another request (here: other parameters), as when a
+    // key outlives Stripe's 24 hours or goes to another endpoint: Stripe answers 400
+    // `idempotency_error` to the task's own request.
+    let other = reqwest::Client::new()
+        .post(format!("{}/v1/customers", stack.sandbox.base_url()))
+        .bearer_auth(shared::testing::settings::STRIPE_KEY)
+        .header("Idempotency-Key", format!("customer-sync-{task}"))
+        .form(&[("name", "Someone Else"), ("email", "else@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    stack.drain().await;
+
+    let refused = stack
+        .sandbox
+        .request_log()
+        .iter()
+        .filter(|r| r.status == 400 && r.path == "/v1/customers")
+        .count();
+    assert_eq!(refused, 1, "the first attempt met the spent key");
+    let task = stack.api.task(&task).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_exactly_once(&stack, 1);
+    // The other request's customer is left as it was, and not linked.
+    let ids = stack.sandbox_ids_by_local_id();
+    let ada = &ids["c-1"][0];
+    let others: Vec<_> = stack
+        .sandbox
+        .customers()
+        .into_iter()
+        .filter(|c| c.email.as_deref() == Some("else@example.com"))
+        .collect();
+    assert_eq!(others.len(), 1);
+    assert_ne!(&others[0].id, ada);
+}

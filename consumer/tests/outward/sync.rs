@@ -64,12 +64,18 @@ async fn create_update_and_delete_reach_stripe_with_fields_metadata_and_links() 
 async fn changes_to_one_customer_arrive_in_the_order_they_were_accepted() {
     let stack = stack(SandboxConfig::default()).await;
     stack.create("c-1", "v1", "v1@example.com").await;
+    assert_eq!(stack.drain().await, 1);
     for i in 2..=6 {
         stack.patch("c-1", json!({"name": format!("v{i}")})).await;
     }
     stack.delete("c-1").await;
-    assert_eq!(stack.drain().await, 7, "one execution per accepted change");
-    assert!(stack.sandbox.customers()[0].deleted);
+    // Created and deleted before any call: its create has nothing to make.
+    stack.create("c-2", "Gone", "gone@example.com").await;
+    stack.delete("c-2").await;
+    assert_eq!(stack.drain().await, 8, "one execution per accepted change");
+    let remote = stack.sandbox.customers();
+    assert_eq!(remote.len(), 1, "none for c-2: {remote:?}");
+    assert!(remote[0].deleted);
     let events: Vec<(String, String)> = stack
         .sandbox
         .events()
@@ -364,4 +370,41 @@ async fn every_provider_call_is_logged_with_the_task_and_request_ids() {
         !lines.iter().any(|l| l.contains("sk_test_customer_sync")),
         "the key leaked"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_create_retried_after_the_customer_was_deleted_makes_no_stripe_customer() {
+    let stack = stack(SandboxConfig::default()).await;
+    stack
+        .sandbox
+        .fail_next(400, "parameter_invalid_empty", "refused", 1);
+    let created = stack.create("c-1", "Ada", "ada@example.com").await;
+    let task_id = created["tasks"][0]["id"].as_str().unwrap().to_owned();
+    stack.drain().await;
+    assert_eq!(stack.task(&task_id).await["status"], "dead");
+    // Deleted meanwhile: its delete finds nothing to delete in Stripe.
+    stack.delete("c-1").await;
+    stack.drain().await;
+
+    let response = stack
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/tasks/{task_id}/retry"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    stack.drain().await;
+    let task = stack.task(&task_id).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    // No Stripe customer for the tombstone, and no create call made for it.
+    let made = stack
+        .sandbox
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/customers" && r.status == 200)
+        .count();
+    assert_eq!(made, 0);
+    assert!(stack.sandbox.customers().is_empty());
 }

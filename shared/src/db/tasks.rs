@@ -234,8 +234,8 @@ pub fn release(conn: &mut PgConnection, task: &TaskRow) -> QueryResult<bool> {
         .map(|n| n == 1)
 }
 
-/// Puts a `dead` task back to `pending` with a fresh attempt budget; `None` when the task
-/// is not dead (or does not exist).
+/// Puts a `dead` task back to `pending` with a fresh attempt budget and a new key
+/// generation; `None` when the task is not dead (or does not exist).
 pub fn revive(conn: &mut PgConnection, id: TaskId) -> QueryResult<Option<TaskRow>> {
     diesel::update(
         sync_tasks::table
@@ -245,6 +245,10 @@ pub fn revive(conn: &mut PgConnection, id: TaskId) -> QueryResult<Option<TaskRow
     .set((
         sync_tasks::status.eq(TaskStatus::Pending),
         sync_tasks::attempts.eq(0),
+        // A retry may come days later, past Stripe's 24 hours for a key: the next attempt
+        // searches for what an earlier one may have made (a create's reconcile), then
+        // calls under a key never sent.
+        sync_tasks::key_generation.eq(sync_tasks::key_generation + 1),
         sync_tasks::next_attempt_at.eq(diesel::dsl::now),
         sync_tasks::updated_at.eq(diesel::dsl::now),
     ))

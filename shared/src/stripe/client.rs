@@ -22,6 +22,8 @@ pub enum StripeError {
     Api {
         status: u16,
         code: Option<String>,
+        /// The error's `type` (`invalid_request_error`, `idempotency_error`, ...).
+        kind: Option<String>,
         message: String,
         /// `Stripe-Should-Retry`, when Stripe knows.
         should_retry: Option<bool>,
@@ -50,9 +52,16 @@ impl StripeError {
             StripeError::Api {
                 status,
                 should_retry,
+                kind,
                 ..
             } => match (*status, *should_retry) {
                 (500..=599, _) => Next::ReconcileThenNewKey,
+                // The key was first used for another request (another endpoint or other
+                // parameters, or a key kept past Stripe's 24 hours and reused): whether
+                // that request did this one's work is unknown.
+                (400 | 404, _) if kind.as_deref() == Some("idempotency_error") => {
+                    Next::ReconcileThenNewKey
+                }
                 (_, Some(true)) | (409 | 429, None) => Next::RetrySameKey,
                 (_, Some(false)) => Next::GiveUp,
                 _ => Next::GiveUp,
@@ -180,6 +189,7 @@ impl StripeClient {
         let customer = serde_json::from_value(raw.clone()).map_err(|e| StripeError::Api {
             status: 200,
             code: None,
+            kind: None,
             message: format!("unreadable customer: {e}"),
             should_retry: Some(true),
             retry_after: None,
@@ -326,6 +336,7 @@ impl StripeClient {
             return serde_json::from_slice(&body).map_err(|e| StripeError::Api {
                 status,
                 code: None,
+                kind: None,
                 message: format!("unreadable answer: {e}"),
                 should_retry: Some(true),
                 retry_after: None,
@@ -355,8 +366,10 @@ impl StripeClient {
             ),
             None => format!("HTTP {status} without a Stripe error body"),
         };
+        let kind = detail.as_ref().and_then(|d| d.kind.clone());
         Err(StripeError::Api {
             status,
+            kind,
             code: detail.and_then(|d| d.code),
             message,
             should_retry,
@@ -398,6 +411,7 @@ mod tests {
         StripeError::Api {
             status,
             code: None,
+            kind: None,
             message: String::new(),
             should_retry,
             retry_after: None,
@@ -409,6 +423,7 @@ mod tests {
         let with_code = |code: &str| StripeError::Api {
             status: 429,
             code: Some(code.to_owned()),
+            kind: None,
             message: String::new(),
             should_retry: None,
             retry_after: None,
@@ -437,6 +452,18 @@ mod tests {
         assert_eq!(api(401, None).next(), Next::GiveUp);
         assert_eq!(api(403, None).next(), Next::GiveUp);
         assert_eq!(api(429, Some(false)).next(), Next::GiveUp);
+        let idempotency = |status| StripeError::Api {
+            status,
+            code: None,
+            kind: Some("idempotency_error".into()),
+            message: String::new(),
+            should_retry: None,
+            retry_after: None,
+        };
+        assert_eq!(idempotency(400).next(), Next::ReconcileThenNewKey);
+        assert_eq!(idempotency(404).next(), Next::ReconcileThenNewKey);
+        // Another request still running under the key: wait for it.
+        assert_eq!(idempotency(409).next(), Next::RetrySameKey);
         assert_eq!(path_segment("cus_1/../x"), "cus_1%2F%2E%2E%2Fx");
     }
 
