@@ -164,6 +164,18 @@ impl Stack {
         self.db.wait_all_succeeded(expect_succeeded, WAIT).await
     }
 
+    /// Retries a dead task through the API; the status.
+    pub async fn retry(&self, task: &str) -> reqwest::StatusCode {
+        self.request(
+            reqwest::Method::POST,
+            &format!("/api/v1/tasks/{task}/retry"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+    }
+
     /// How many `method path` requests the sandbox received.
     pub fn sandbox_requests(&self, method: &str, path: &str) -> usize {
         self.sandbox

@@ -203,15 +203,7 @@ async fn a_stripe_400_kills_the_task_at_once_and_a_retry_after_the_fix_succeeds(
     );
     assert_eq!(stack.customer("c-1").await["links"][0]["state"], "dead");
 
-    let response = stack
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/tasks/{task_id}/retry"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(stack.retry(&task_id).await, 200);
     assert_eq!(stack.drain().await, 1);
     assert_eq!(stack.statuses(), [("succeeded".to_owned(), 1)]);
     assert_eq!(stack.sandbox_ids_by_local_id().len(), 1);
@@ -386,15 +378,7 @@ async fn a_dead_create_retried_after_the_customer_was_deleted_makes_no_stripe_cu
     stack.delete("c-1").await;
     stack.drain().await;
 
-    let response = stack
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/tasks/{task_id}/retry"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(stack.retry(&task_id).await, 200);
     stack.drain().await;
     let task = stack.task(&task_id).await;
     assert_eq!(task["status"], "succeeded", "{task}");
