@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shared::db::customers::{self, CustomerRow};
-use shared::db::tasks::TaskRow;
+use shared::db::tasks::{self, TaskRow};
 use shared::db::{self, adoption, links, DbError, PgPool};
 use shared::domain::{Operation, Provider};
 use shared::queue;
@@ -209,6 +209,11 @@ impl Worker {
         );
         async {
             let started = Instant::now();
+            let task = match self.fresh_key(&task).await {
+                Ok(Some(task)) => task,
+                Ok(None) => return,
+                Err(outcome) => return self.record(&task, outcome).await,
+            };
             let outcome = match self.providers.get(&provider) {
                 Some(api) => match self.execute_leased(api.as_ref(), &task).await {
                     Some(outcome) => outcome,
@@ -223,6 +228,40 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// The task with a key Stripe still knows: a key first sent more than
+    /// [`tasks::KEY_MAX_AGE`] ago is replaced by the next generation (a create then
+    /// searches for what the old key's calls may have made before it calls). `None` when
+    /// the claim no longer holds the task.
+    async fn fresh_key(&self, task: &TaskRow) -> Result<Option<TaskRow>, Outcome> {
+        let max_age = chrono::Duration::from_std(tasks::KEY_MAX_AGE).expect("a small duration");
+        let stale = task
+            .key_sent_at
+            .is_some_and(|sent| chrono::Utc::now() - sent > max_age);
+        if !stale {
+            return Ok(Some(task.clone()));
+        }
+        let held = task.clone();
+        let bumped = db::run(&self.pool, move |conn| {
+            Ok(queue::next_key_generation(conn, &held, None)?)
+        })
+        .await;
+        match bumped {
+            Ok(Some(generation)) => {
+                tracing::info!(
+                    generation,
+                    "the task's key is older than Stripe keeps keys; a new one after the reconcile"
+                );
+                Ok(Some(TaskRow {
+                    key_generation: generation,
+                    key_sent_at: None,
+                    ..task.clone()
+                }))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(Outcome::retry(format!("replacing an old key: {e}"))),
+        }
     }
 
     /// Executes the task while renewing its lease a third of the way through each term;

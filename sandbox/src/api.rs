@@ -137,6 +137,16 @@ impl Shared {
         }
     }
 
+    /// Forgets every stored idempotency key's answer, as if 24 hours had passed: a key
+    /// sent again starts a new request. Keys of requests still running are kept. Returns
+    /// how many were forgotten.
+    pub fn expire_idempotency_keys(&self) -> usize {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = keys.len();
+        keys.retain(|_, state| !matches!(state, KeyState::Done { .. }));
+        before - keys.len()
+    }
+
     pub fn pending_deliveries(&self) -> usize {
         self.outbox.as_ref().map_or(0, |outbox| outbox.pending())
     }

@@ -111,6 +111,11 @@ async fn handle(
                 &json!({"expired_events": forgotten, "dropped_deliveries": dropped}),
             )
         }
+        ("POST", ["idempotency", "expire"]) => {
+            let forgotten = shared.expire_idempotency_keys();
+            tracing::info!(forgotten, "idempotency keys expired");
+            answer(StatusCode::OK, &json!({"expired_keys": forgotten}))
+        }
         ("POST", ["customers", id, "silent"]) => {
             let params = parameters(&req, &body).and_then(Params::parse);
             match params.and_then(|p| silent_update(&shared, id, &p)) {

@@ -319,6 +319,12 @@ impl Sandbox {
         control::expire_events(&self.shared).0
     }
 
+    /// Forgets every idempotency key's stored answer, as if Stripe's 24 hours had passed;
+    /// returns how many were forgotten.
+    pub fn expire_idempotency_keys(&self) -> usize {
+        self.shared.expire_idempotency_keys()
+    }
+
     /// Changes a customer as `POST /v1/customers/{id}` with these form fields would (same
     /// validation; `metadata[k]=` unsets a key), without creating an event; returns the
     /// customer as Stripe renders it.

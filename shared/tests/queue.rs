@@ -326,8 +326,13 @@ fn a_dead_task_retried_by_hand_calls_under_a_key_never_sent() {
         .unwrap()
         .remove(0);
     let before = queue::idempotency_key(&task);
+    assert!(
+        task.key_sent_at.is_some(),
+        "the claim that sends the key dates it"
+    );
     assert!(queue::kill(&mut conn, &task, "HTTP 400").unwrap());
     let revived = queue::retry_dead(&mut conn, task.id.into()).unwrap();
     assert_eq!(revived.key_generation, task.key_generation + 1);
+    assert_eq!(revived.key_sent_at, None, "the new key was never sent");
     assert_ne!(queue::idempotency_key(&revived), before);
 }

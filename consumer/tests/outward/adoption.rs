@@ -451,19 +451,13 @@ async fn a_create_whose_lost_first_attempt_made_the_customer_adopts_it_under_a_k
     let created = stack.create("c-1", "Ada", "ada@example.com").await;
     let task = created["tasks"][0]["id"].as_str().unwrap();
     // The first attempt reached Stripe, and its answer was lost with its consumer.
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/customers", stack.sandbox.base_url()))
-        .bearer_auth(shared::testing::settings::STRIPE_KEY)
-        .header("Idempotency-Key", format!("customer-sync-{task}"))
-        .form(&[
-            ("name", "Ada"),
-            ("email", "ada@example.com"),
-            ("metadata[customer_sync_id]", "c-1"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let key = format!("customer-sync-{task}");
+    let form = &[
+        ("name", "Ada"),
+        ("email", "ada@example.com"),
+        ("metadata[customer_sync_id]", "c-1"),
+    ];
+    assert_eq!(stack.stripe_create_with_key(&key, form).await, 200);
     stack.patch("c-1", json!({"name": "Ada King"})).await;
     stack.drain().await;
     let task = stack.api.task(task).await;

@@ -234,15 +234,9 @@ async fn a_key_stripe_refuses_as_used_for_another_request_leads_to_a_reconcile_a
     // The task's key was spent on another request (here: other parameters), as when a
     // key outlives Stripe's 24 hours or goes to another endpoint: Stripe answers 400
     // `idempotency_error` to the task's own request.
-    let other = reqwest::Client::new()
-        .post(format!("{}/v1/customers", stack.sandbox.base_url()))
-        .bearer_auth(shared::testing::settings::STRIPE_KEY)
-        .header("Idempotency-Key", format!("customer-sync-{task}"))
-        .form(&[("name", "Someone Else"), ("email", "else@example.com")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(other.status(), 200);
+    let key = format!("customer-sync-{task}");
+    let form = &[("name", "Someone Else"), ("email", "else@example.com")];
+    assert_eq!(stack.stripe_create_with_key(&key, form).await, 200);
     stack.drain().await;
 
     let refused = stack
@@ -266,4 +260,38 @@ async fn a_key_stripe_refuses_as_used_for_another_request_leads_to_a_reconcile_a
         .collect();
     assert_eq!(others.len(), 1);
     assert_ne!(&others[0].id, ada);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_older_than_stripe_keeps_keys_is_replaced_after_a_reconcile() {
+    let stack = stack(SandboxConfig::default()).await;
+    let created = stack.create("c-1", "Ada", "ada@example.com").await;
+    let task = created["tasks"][0]["id"].as_str().unwrap().to_owned();
+    // A first attempt a day ago reached Stripe and its answer was lost; Stripe has since
+    // forgotten the key, so the same key would now make a second customer.
+    let key = format!("customer-sync-{task}");
+    let form = &[
+        ("name", "Ada"),
+        ("email", "ada@example.com"),
+        ("metadata[customer_sync_id]", "c-1"),
+    ];
+    assert_eq!(stack.stripe_create_with_key(&key, form).await, 200);
+    {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(format!(
+            "UPDATE sync_tasks SET key_sent_at = now() - interval '25 hours', attempts = 1 \
+             WHERE id = '{task}'"
+        ))
+        .execute(&mut stack.db.connect())
+        .unwrap();
+    }
+    assert_eq!(stack.sandbox.expire_idempotency_keys(), 1);
+
+    // Without adoption by email, only the reconcile of a new key can find it.
+    let consumer = stack.consumer_with(|s| s.adopt_by_email = false).await;
+    stack.drained(1).await;
+    assert_exactly_once(&stack, 1);
+    let task = stack.api.task(&task).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    consumer.shutdown().await;
 }

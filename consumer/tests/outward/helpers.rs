@@ -164,6 +164,22 @@ impl Stack {
         self.db.wait_all_succeeded(expect_succeeded, WAIT).await
     }
 
+    /// Creates a Stripe customer straight at the sandbox under an idempotency key, as an
+    /// earlier attempt of a task (its key `customer-sync-{task}`) whose answer was lost
+    /// would have; the status.
+    pub async fn stripe_create_with_key(&self, key: &str, form: &[(&str, &str)]) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/v1/customers", self.sandbox.base_url()))
+            .bearer_auth(shared::testing::settings::STRIPE_KEY)
+            .header("Idempotency-Key", key)
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Retries a dead task through the API; the status.
     pub async fn retry(&self, task: &str) -> reqwest::StatusCode {
         self.request(

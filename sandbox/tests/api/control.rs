@@ -312,6 +312,7 @@ async fn controls_skip_the_rate_limit_injected_failures_and_the_api_key() {
         "/_sandbox/webhooks/pause",
         "/_sandbox/webhooks/resume",
         "/_sandbox/events/expire",
+        "/_sandbox/idempotency/expire",
     ] {
         for _ in 0..3 {
             assert_eq!(
@@ -347,4 +348,31 @@ async fn unknown_sandbox_paths_get_a_404_json_error() {
             .unwrap()
             .starts_with("Unrecognized request URL"));
     }
+}
+
+#[tokio::test]
+async fn expiring_idempotency_keys_makes_a_key_sent_again_a_new_request() {
+    let (sandbox, stripe) = start(SandboxConfig::default()).await;
+    let form = [("name", "Ada"), ("email", "ada@example.com")];
+    let first = stripe.post_with_key("/v1/customers", &form, "k-1").await;
+    let replayed = stripe.post_with_key("/v1/customers", &form, "k-1").await;
+    assert_eq!(
+        first.body["id"], replayed.body["id"],
+        "replayed within 24 hours"
+    );
+
+    let expired = stripe.post("/_sandbox/idempotency/expire", &[]).await;
+    assert_eq!(expired.body, json!({"expired_keys": 1}));
+    let again = stripe.post_with_key("/v1/customers", &form, "k-1").await;
+    assert_eq!(again.status, 200);
+    assert_ne!(
+        again.body["id"], first.body["id"],
+        "a new request: a second customer"
+    );
+    assert_eq!(
+        sandbox.expire_idempotency_keys(),
+        1,
+        "the new answer, kept again"
+    );
+    assert_eq!(sandbox.customers().len(), 2);
 }

@@ -50,6 +50,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
         claim_token -> Nullable<Uuid>,
+        key_sent_at -> Nullable<Timestamptz>,
     }
 }
 

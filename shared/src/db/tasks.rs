@@ -34,7 +34,13 @@ pub struct TaskRow {
     pub completed_at: Option<DateTime<Utc>>,
     /// The current claim's token: outcomes apply only under it.
     pub claim_token: Option<uuid::Uuid>,
+    /// When the current key was first sent (see [`KEY_MAX_AGE`]).
+    pub key_sent_at: Option<DateTime<Utc>>,
 }
+
+/// The oldest a key may be when it is sent again: Stripe forgets a key after 24 hours,
+/// and then a retry under it is a new request (a second customer, for a create).
+pub const KEY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(23 * 60 * 60);
 
 /// A task to add with [`insert_many`].
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +94,7 @@ pub fn claim(
     diesel::sql_query(
         "UPDATE sync_tasks t
             SET status = 'in_flight', lease_owner = $3, claim_token = gen_random_uuid(),
+                key_sent_at = COALESCE(t.key_sent_at, now()),
                 lease_expires_at = now() + make_interval(secs => $4),
                 attempts = t.attempts + 1, updated_at = now()
           WHERE t.id IN (
@@ -194,6 +201,7 @@ pub fn next_key_generation(
         .set((
             sync_tasks::key_generation.eq(sync_tasks::key_generation + 1),
             sync_tasks::reconcile_emails.eq(reconcile_emails),
+            sync_tasks::key_sent_at.eq(None::<DateTime<Utc>>),
         ))
         .returning(sync_tasks::key_generation)
         .get_result(conn)
@@ -249,6 +257,7 @@ pub fn revive(conn: &mut PgConnection, id: TaskId) -> QueryResult<Option<TaskRow
         // searches for what an earlier one may have made (a create's reconcile), then
         // calls under a key never sent.
         sync_tasks::key_generation.eq(sync_tasks::key_generation + 1),
+        sync_tasks::key_sent_at.eq(None::<DateTime<Utc>>),
         sync_tasks::next_attempt_at.eq(diesel::dsl::now),
         sync_tasks::updated_at.eq(diesel::dsl::now),
     ))

@@ -1,0 +1,1 @@
+ALTER TABLE sync_tasks DROP COLUMN key_sent_at;
