@@ -544,7 +544,11 @@ impl Call<'_> {
     /// call may have created it, under the email it carried then or the one it has now.
     async fn create(self) -> Outcome {
         let mut existing = self.linked.clone();
-        if existing.is_none() && self.task.key_generation > 0 {
+        // After a spent key, or for a customer deleted since: an earlier call (one whose
+        // answer was lost, or one cut short at a shutdown) may have made it.
+        let search =
+            self.task.key_generation > 0 || (self.deleted() && !self.api.keyed_by_local_id());
+        if existing.is_none() && search {
             let mut emails = self.task.reconcile_emails.clone();
             if self.searched_email {
                 emails.retain(|e| *e != self.customer.email);
@@ -571,15 +575,10 @@ impl Call<'_> {
                 .await
                 .map(|told| told.or(Some(id.clone()))),
             Some(id) => Ok(Some(id.clone())),
-            // Deleted before any call could have made it (a first attempt, or the
-            // reconcile above found nothing): nothing to create, nothing to call.
-            None if self.deleted()
-                && (self.api.keyed_by_local_id()
-                    || self.task.attempts <= 1
-                    || self.task.key_generation > 0) =>
-            {
-                Ok(None)
-            }
+            // Deleted, and no earlier call made it (the search above found nothing, or
+            // the provider is keyed by our id and its delete finds it anyway): nothing to
+            // create, nothing to call.
+            None if self.deleted() => Ok(None),
             None => self.api.create(&self.customer, &key).await,
         };
         let error = match result {
