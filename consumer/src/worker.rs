@@ -444,7 +444,7 @@ impl Worker {
             use diesel::Connection;
             conn.transaction(|conn| {
                 if !by_metadata {
-                    let taken = adoption::links_of_stripe_ids(conn, &[target.id.as_str()])?;
+                    let taken = links::stripe_links_for_update(conn, &[target.id.as_str()])?;
                     if let Some(other) = taken.first() {
                         return Ok(Err(format!(
                             "the Stripe customer {} with this email is linked to local customer {}; \

@@ -105,7 +105,7 @@ fn decide(
         return Ok(Default::default());
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.external_id.as_str()).collect();
-    let linked: HashSet<String> = adoption::links_of_stripe_ids(conn, &ids)?
+    let linked: HashSet<String> = links::stripe_links_for_update(conn, &ids)?
         .into_iter()
         .filter_map(|l| l.external_id)
         .collect();

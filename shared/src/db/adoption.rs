@@ -7,7 +7,6 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid};
 
 use super::customers::CustomerRow;
-use super::links::LinkRow;
 use super::statement::statement;
 use crate::domain::CustomerId;
 use crate::stripe::Customer;
@@ -210,16 +209,6 @@ pub fn unlinked_with_emails(
     )
     .bind::<Array<Text>, _>(keys)
     .load(conn)
-}
-
-/// The Stripe links naming any of these Stripe ids.
-pub fn links_of_stripe_ids(conn: &mut PgConnection, ids: &[&str]) -> QueryResult<Vec<LinkRow>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    statement(super::links::LINKED_STRIPE_IDS)
-        .bind::<Array<Text>, _>(ids)
-        .load(conn)
 }
 
 /// Links a local customer to a Stripe customer: in sync at `synced_version` with the
