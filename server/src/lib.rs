@@ -5,6 +5,7 @@ pub mod client_ip;
 pub mod committers;
 pub mod deadline;
 pub mod error;
+pub mod idempotency;
 pub mod listener;
 pub mod probe;
 pub mod publisher;

@@ -98,6 +98,10 @@ impl Application {
                 settings.common.enabled_providers(),
             ),
         });
+        tokio::spawn(crate::idempotency::prune_forever(
+            state.clone(),
+            std::time::Duration::from_secs(3600),
+        ));
         let probe = web::Data::from(DatabaseProbe::start(&settings.common.database_url));
         let body_deadline = web::Data::new(BodyDeadline(settings.http_body_timeout));
         let proxies = web::Data::new(TrustedProxies(settings.http_trusted_proxies.clone()));

@@ -11,6 +11,7 @@ use tracing_actix_web::RequestId;
 use super::webhook::WebhookSettings;
 use super::{optional, page_limit, required, CustomerResponse, TaskResponse};
 use crate::error::ApiError;
+use crate::idempotency::RunningKey;
 use crate::startup::AppState;
 
 /// Registers the customer routes (inside the authenticated scope).
@@ -138,12 +139,16 @@ pub async fn create(
     state: web::Data<AppState>,
     body: web::Json<CreateBody>,
     request_id: RequestId,
+    key: Option<web::ReqData<RunningKey>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let new = NewCustomer {
-        id: match &body.id {
-            Some(id) => parse_id(id)?,
-            None => CustomerId::generate(),
+        id: match (&body.id, key) {
+            (Some(id), _) => parse_id(id)?,
+            // The same id for every retry under the key: a retry of a create that
+            // committed finds it rather than making a second customer.
+            (None, Some(key)) => key.customer_id(),
+            (None, None) => CustomerId::generate(),
         },
         name: CustomerName::parse(required("name", &body.name)?)
             .map_err(|e| ApiError::field("name", e))?,

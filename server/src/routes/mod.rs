@@ -26,6 +26,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(webhook::configure)
             .service(
                 web::scope("")
+                    // Runs inside the token check: keys are kept per token.
+                    .wrap(middleware::from_fn(crate::idempotency::once_per_key))
                     .wrap(middleware::from_fn(require_token))
                     .configure(customers::configure)
                     .configure(tasks::configure)
@@ -61,6 +63,33 @@ pub fn json_config() -> web::JsonConfig {
             };
             api.into()
         })
+}
+
+/// Reads a whole body of at most `limit` bytes: 413 as soon as the declared length or
+/// the bytes received pass it.
+pub async fn read_body_up_to(
+    headers: &actix_web::http::header::HeaderMap,
+    mut payload: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
+        + Unpin,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let declared = headers
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Query strings: errors in our shape.

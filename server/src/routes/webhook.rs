@@ -2,7 +2,6 @@
 //! transaction (README "The Stripe webhook").
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use secrecy::SecretString;
 use serde_json::json;
 use shared::db::DbError;
@@ -33,26 +32,6 @@ pub struct WebhookSettings {
     pub stripe: Option<StripeClient>,
 }
 
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > WEBHOOK_LIMIT) {
-        return Err(ApiError::PayloadTooLarge(WEBHOOK_LIMIT));
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk?;
-        if body.len() + chunk.len() > WEBHOOK_LIMIT {
-            return Err(ApiError::PayloadTooLarge(WEBHOOK_LIMIT));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
 /// Verifies, stores and applies one Stripe event.
 #[tracing::instrument(skip_all, fields(event_id, event_type))]
 pub async fn stripe(
@@ -80,7 +59,7 @@ pub async fn stripe(
         })
         .and_then(SignatureHeader::parse)
         .map_err(invalid)?;
-    let body = read_body(&req, payload).await?;
+    let body = super::read_body_up_to(req.headers(), payload, WEBHOOK_LIMIT).await?;
     let now = chrono::Utc::now().timestamp();
     signature::verify(&header, &body, &hooks.secrets, hooks.tolerance_secs, now)
         .map_err(invalid)?;

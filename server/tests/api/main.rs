@@ -7,6 +7,7 @@ mod customers;
 mod errors;
 mod helpers;
 mod hostile;
+mod idempotency;
 mod inward;
 mod jobs;
 mod links;
