@@ -291,11 +291,11 @@ impl CatchUp {
                 )? {
                     return Err(DbError::Conflict("the poll's lease was lost".into()));
                 }
-                let ties: Vec<Event> = answers
+                let ties: Vec<(Event, Value)> = answers
                     .iter()
                     .zip(&events)
                     .filter(|(a, _)| **a == Applied::Handled(Effect::Tie))
-                    .map(|(_, (e, _))| e.clone())
+                    .map(|(_, delivery)| delivery.clone())
                     .collect();
                 Ok((fresh, ties))
             })
@@ -308,9 +308,10 @@ impl CatchUp {
         Ok(fresh)
     }
 
-    /// Applies the customer as Stripe holds it now.
-    async fn settle_tie(&self, event: Event) {
-        let Some(id) = event.object_id().map(str::to_owned) else {
+    /// Settles a same-second tie with the customer as Stripe holds it now (which also
+    /// records the event); left unrecorded when Stripe cannot be read, for a redelivery.
+    async fn settle_tie(&self, delivery: (Event, Value)) {
+        let Some(id) = delivery.0.object_id().map(str::to_owned) else {
             return;
         };
         let current = match self
@@ -329,11 +330,11 @@ impl CatchUp {
         };
         let providers = self.providers.clone();
         let applied = db::run(&self.pool, move |conn| {
-            inbound::apply_current_customer(conn, &current, event.created, &event.id, &providers)
+            inbound::settle_tie(conn, &delivery, &current, &providers, Source::EventsApi)
         })
         .await;
         if let Err(e) = applied {
-            tracing::warn!(error = %e, "applying the current customer failed");
+            tracing::warn!(error = %e, "settling a same-second tie failed");
         }
     }
 }

@@ -16,7 +16,7 @@ use serde_json::Value;
 use shared::catalog::{self, CatalogError, Change, Command, Origin};
 use shared::db::{DbError, PgConn, PgPool};
 use shared::domain::Provider;
-use shared::inbound::{self, Applied};
+use shared::inbound::{self, Applied, Source};
 use shared::stripe::Event;
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,12 +34,13 @@ pub type Changes = GroupCommit<(Command, Origin), Change, CatalogError>;
 /// Starts the catalog committers on their own connections.
 pub fn changes(url: &secrecy::SecretString, providers: Vec<Provider>) -> Changes {
     let commit: Arc<CommitFn<(Command, Origin), Change, CatalogError>> = Arc::new(
-        move |conn, items| match catalog::commit(conn, &items, &providers) {
+        move |conn, items| match catalog::commit(conn, items, &providers) {
             Err(DbError::Unexpected(e)) if items.len() > 1 => {
                 // One bad command must not fail the others: commit them one at a time.
                 tracing::warn!(error = %e, size = items.len(), "batch failed; committing one by one");
                 Ok(items
-                    .into_iter()
+                    .iter()
+                    .cloned()
                     .map(|(command, origin)| catalog::commit_one(conn, command, origin, &providers))
                     .collect())
             }
@@ -50,37 +51,96 @@ pub fn changes(url: &secrecy::SecretString, providers: Vec<Provider>) -> Changes
     GroupCommit::start(pool, CHANGE_COMMITTERS, commit)
 }
 
-/// A verified event with its raw JSON, as it is stored.
-pub type Delivery = (Event, Value);
+/// What the webhook committers write: a verified event with its raw JSON, as it is
+/// stored, or the settling of a same-second tie with the customer as Stripe holds it.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    Event((Event, Value)),
+    SettleTie {
+        delivery: (Event, Value),
+        current: Value,
+    },
+}
 
-/// Group commit for webhook events, by Stripe customer; each answer comes with its event
-/// (a same-second tie needs it).
-pub type Events = GroupCommit<Delivery, (Applied, Event), DbError>;
+/// Group commit for webhook events, by Stripe customer: a tie's settling goes through
+/// the same committer as the customer's events, in their order.
+pub type Events = GroupCommit<Inbound, Applied, DbError>;
 
 /// Starts the webhook committers on their own connections.
 pub fn events(url: &secrecy::SecretString, providers: Vec<Provider>) -> Events {
-    let commit: Arc<CommitFn<Delivery, (Applied, Event), DbError>> = Arc::new(
-        move |conn, events| match inbound::apply_batch(conn, &events, &providers) {
-            Ok(applied) => Ok(applied
-                .into_iter()
-                .zip(events)
-                .map(|(applied, (event, _))| Ok((applied, event)))
-                .collect()),
-            Err(e) if events.len() > 1 && !matches!(e, DbError::Unavailable(_)) => {
-                // One failing event must not fail the others: apply them one at a time.
-                tracing::warn!(error = %e, size = events.len(), "batch failed; applying one by one");
-                Ok(events
-                    .into_iter()
-                    .map(|(event, raw)| {
-                        inbound::apply(conn, &event, &raw, &providers).map(|a| (a, event))
-                    })
-                    .collect())
+    let commit: Arc<CommitFn<Inbound, Applied, DbError>> = Arc::new(move |conn, items| {
+        let mut answers = Vec::with_capacity(items.len());
+        let mut rest = items;
+        while let Some(first) = rest.first() {
+            if let Inbound::SettleTie { delivery, current } = first {
+                answers.push(inbound::settle_tie(
+                    conn,
+                    delivery,
+                    current,
+                    &providers,
+                    Source::Webhook,
+                ));
+                rest = &rest[1..];
+                continue;
             }
-            Err(e) => Err(e),
-        },
-    );
+            let run = rest
+                .iter()
+                .position(|item| matches!(item, Inbound::SettleTie { .. }))
+                .unwrap_or(rest.len());
+            let (events, later) = rest.split_at(run);
+            let events: Vec<&(Event, Value)> = events
+                .iter()
+                .map(|item| match item {
+                    Inbound::Event(delivery) => delivery,
+                    Inbound::SettleTie { .. } => unreachable!("the run holds events only"),
+                })
+                .collect();
+            match inbound::apply_deliveries(conn, &events, &providers, Source::Webhook) {
+                Ok(applied) => answers.extend(applied.into_iter().map(Ok)),
+                Err(e) if events.len() > 1 && !matches!(e, DbError::Unavailable(_)) => {
+                    // One failing event must not fail the others: apply them one at a time.
+                    tracing::warn!(error = %e, size = events.len(), "batch failed; applying one by one");
+                    answers.extend(
+                        events
+                            .iter()
+                            .map(|(event, raw)| inbound::apply(conn, event, raw, &providers)),
+                    );
+                }
+                Err(e) if answers.is_empty() => return Err(e),
+                Err(e) => {
+                    let message = e.to_string();
+                    answers.extend(events.iter().map(|_| {
+                        Err(match &e {
+                            DbError::Unavailable(_) => DbError::Unavailable(message.clone()),
+                            _ => DbError::Unexpected(anyhow::anyhow!(message.clone())),
+                        })
+                    }));
+                }
+            }
+            rest = later;
+        }
+        Ok(answers)
+    });
     let pool = shared::db::bulk_pool(url, EVENT_COMMITTERS as u32);
     GroupCommit::start(pool, EVENT_COMMITTERS, commit)
+}
+
+/// Whether an item's answer is a failure of the database (and so, perhaps, of the
+/// connection it ran on) rather than a refusal of the item.
+pub trait DatabaseFault {
+    fn is_database_failure(&self) -> bool;
+}
+
+impl DatabaseFault for DbError {
+    fn is_database_failure(&self) -> bool {
+        true
+    }
+}
+
+impl DatabaseFault for CatalogError {
+    fn is_database_failure(&self) -> bool {
+        matches!(self, CatalogError::Db(_))
+    }
 }
 
 /// The most items written in one transaction.
@@ -93,7 +153,7 @@ type Reply<T, E> = oneshot::Sender<Result<T, E>>;
 /// Writes a batch in one transaction: one answer per item, in order. An `Err` fails the
 /// whole batch (every caller gets it).
 pub type CommitFn<I, T, E> =
-    dyn Fn(&mut PgConn, Vec<I>) -> Result<Vec<Result<T, E>>, DbError> + Send + Sync;
+    dyn Fn(&mut PgConn, &[I]) -> Result<Vec<Result<T, E>>, DbError> + Send + Sync;
 
 /// A handle to the committers.
 pub struct GroupCommit<I, T, E> {
@@ -104,7 +164,7 @@ impl<I, T, E> GroupCommit<I, T, E>
 where
     I: Send + 'static,
     T: Send + 'static,
-    E: From<DbError> + Send + 'static,
+    E: From<DbError> + DatabaseFault + Send + 'static,
 {
     /// Starts `committers` committer tasks on `pool` (one connection each).
     pub fn start(pool: PgPool, committers: usize, commit: Arc<CommitFn<I, T, E>>) -> Self {
@@ -156,7 +216,10 @@ type Held = (PgConn, Instant);
 /// connection, and goes back to the pool (and its test) only after an idle second, as
 /// when PostgreSQL may have restarted, or after a failure. A connection that PostgreSQL
 /// dropped while it was held fails its next batch (a clear `Unavailable`), then is
-/// replaced.
+/// replaced. A connection on which any item failed in the database goes back to the pool
+/// too (which tests it before its next use): diesel's own check looks at the transaction
+/// state only, and a socket that failed inside a batch whose other items were answered
+/// would otherwise fail the next batch as well.
 async fn run_batch<I, T, E>(
     pool: &PgPool,
     held: Option<Held>,
@@ -166,23 +229,40 @@ async fn run_batch<I, T, E>(
 where
     I: Send + 'static,
     T: Send + 'static,
-    E: From<DbError> + Send + 'static,
+    E: From<DbError> + DatabaseFault + Send + 'static,
 {
     let (items, replies): (Vec<I>, Vec<Reply<T, E>>) = batch.into_iter().unzip();
     let commit = commit.clone();
     let pool = pool.clone();
     let held = held.filter(|(_, used)| used.elapsed() < RECHECK_AFTER);
     let outcome = tokio::task::spawn_blocking(move || {
-        let mut conn = match held {
-            Some((conn, _)) => conn,
-            None => pool
-                .get()
-                .map_err(|e| DbError::Unavailable(e.to_string()))?,
+        let fresh = || pool.get().map_err(|e| DbError::Unavailable(e.to_string()));
+        let (mut conn, was_held) = match held {
+            Some((conn, _)) => (conn, true),
+            None => (fresh()?, false),
         };
-        let answers = commit(&mut conn, items)?;
-        // A connection whose transaction state is broken (a failed rollback) goes back to
-        // the pool, which discards it.
-        let reusable = !diesel::r2d2::R2D2Connection::is_broken(&mut *conn);
+        let mut answers = commit(&mut conn, &items);
+        if was_held && matches!(answers, Err(DbError::Unavailable(_))) {
+            // The connection died while it was held (PostgreSQL restarted, a proxy cut
+            // it): drop it and write the batch on one the pool has just tested. Every
+            // item is safe to write again (a create of a taken id with the same fields
+            // is a retry, an update or delete to the state held is a no-op, an event id
+            // seen is a duplicate).
+            tracing::warn!(
+                "a committer's connection had failed while idle; writing the batch on a new one"
+            );
+            drop(conn);
+            conn = fresh()?;
+            answers = commit(&mut conn, &items);
+        }
+        let answers = answers?;
+        // A connection whose transaction state is broken (a failed rollback, or a socket
+        // libpq found dead) goes back to the pool, which discards it; one that failed an
+        // item goes back to be tested before its next use.
+        let reusable = !diesel::r2d2::R2D2Connection::is_broken(&mut *conn)
+            && !answers
+                .iter()
+                .any(|answer| answer.as_ref().is_err_and(E::is_database_failure));
         Ok((answers, reusable.then_some(conn)))
     })
     .await

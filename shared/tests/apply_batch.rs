@@ -227,3 +227,118 @@ fn a_batch_leaves_what_one_event_at_a_time_leaves() {
         .count();
     assert_eq!(salesforce_updates, 2, "{expected:#?}"); // cus_c's update and cus_linked's
 }
+
+fn events_named(conn: &mut PgConnection, id: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM webhook_events WHERE id = '{id}'"
+    ))
+    .get_result::<Count>(conn)
+    .unwrap()
+    .n
+}
+
+fn name_of(conn: &mut PgConnection, id: &str) -> String {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    diesel::sql_query(format!("SELECT name FROM customers WHERE id = '{id}'"))
+        .get_result::<Name>(conn)
+        .unwrap()
+        .name
+}
+
+#[test]
+fn a_tie_counts_as_received_only_once_it_is_settled_from_stripe() {
+    let providers = [Provider::Stripe];
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    seed(&mut conn);
+    let tie = event(
+        "evt_t",
+        "customer.updated",
+        12,
+        customer("cus_tie", "Tied", None),
+    );
+    let answer = inbound::apply(&mut conn, &tie.0, &tie.1, &providers).unwrap();
+    assert_eq!(answer, Applied::Handled(Effect::Tie));
+    // Not recorded: a redelivery is decided again rather than answered as a duplicate.
+    assert_eq!(events_named(&mut conn, "evt_t"), 0);
+    assert_eq!(
+        inbound::apply(&mut conn, &tie.0, &tie.1, &providers).unwrap(),
+        Applied::Handled(Effect::Tie)
+    );
+
+    let current = customer("cus_tie", "As Stripe holds it", None);
+    let settled = inbound::settle_tie(
+        &mut conn,
+        &tie,
+        &current,
+        &providers,
+        inbound::Source::Webhook,
+    )
+    .unwrap();
+    assert_eq!(settled, Applied::Handled(Effect::Applied));
+    assert_eq!(name_of(&mut conn, "tie"), "As Stripe holds it");
+    assert_eq!(events_named(&mut conn, "evt_t"), 1);
+    // Settled once: the next delivery of the tie is a duplicate.
+    assert_eq!(
+        inbound::settle_tie(
+            &mut conn,
+            &tie,
+            &current,
+            &providers,
+            inbound::Source::Webhook
+        )
+        .unwrap(),
+        Applied::Duplicate
+    );
+    assert_eq!(
+        inbound::apply(&mut conn, &tie.0, &tie.1, &providers).unwrap(),
+        Applied::Duplicate
+    );
+}
+
+#[test]
+fn a_tie_settled_after_a_newer_event_leaves_the_newer_state() {
+    let providers = [Provider::Stripe];
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    seed(&mut conn);
+    let tie = event(
+        "evt_t",
+        "customer.updated",
+        12,
+        customer("cus_tie", "Tied", None),
+    );
+    let answer = inbound::apply(&mut conn, &tie.0, &tie.1, &providers).unwrap();
+    assert_eq!(answer, Applied::Handled(Effect::Tie));
+    // While the tie's customer was read from Stripe, a newer event was applied.
+    let newer = event(
+        "evt_n",
+        "customer.updated",
+        13,
+        customer("cus_tie", "Newer", None),
+    );
+    let answer = inbound::apply(&mut conn, &newer.0, &newer.1, &providers).unwrap();
+    assert_eq!(answer, Applied::Handled(Effect::Applied));
+    // What the read returned predates that event: it must not roll it back.
+    let read_before = customer("cus_tie", "Read before the newer event", None);
+    let settled = inbound::settle_tie(
+        &mut conn,
+        &tie,
+        &read_before,
+        &providers,
+        inbound::Source::Webhook,
+    )
+    .unwrap();
+    assert_eq!(settled, Applied::Handled(Effect::Stale));
+    assert_eq!(name_of(&mut conn, "tie"), "Newer");
+    assert_eq!(events_named(&mut conn, "evt_t"), 1, "settled: recorded");
+}

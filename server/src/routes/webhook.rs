@@ -5,10 +5,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::SecretString;
 use serde_json::json;
 use shared::db::DbError;
-use shared::inbound::{self, Applied, Effect};
+use shared::inbound::{Applied, Effect};
 use shared::stripe::signature::{self, SignatureError, SignatureHeader};
 use shared::stripe::{Event, StripeClient};
 
+use crate::committers::Inbound;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -72,9 +73,9 @@ pub async fn stripe(
     span.record("event_id", event.id.as_str());
     span.record("event_type", event.kind.as_str());
     let key = event.customer_key().to_owned();
-    let (applied, event) = state
+    let applied = state
         .events
-        .submit(&key, (event, raw))
+        .submit(&key, Inbound::Event((event, raw)))
         .await
         // Stripe retries anything but a 2xx; the cause goes to the log.
         .map_err(|e: DbError| {
@@ -83,40 +84,65 @@ pub async fn stripe(
     let outcome = match applied {
         Applied::Duplicate => "duplicate",
         Applied::Unhandled => "unhandled",
-        Applied::Handled(Effect::Tie) => settle_tie(&state, &hooks, event).await,
+        Applied::Handled(Effect::Tie) => settle_tie(&state, &hooks, &key, &body).await?,
         Applied::Handled(effect) => effect.as_str(),
     };
     tracing::info!(outcome, "webhook event received");
     Ok(HttpResponse::Ok().json(json!({"received": true, "outcome": outcome})))
 }
 
-/// Applies the customer as Stripe holds it now; without a Stripe key the tie stays with
-/// the state we hold.
-async fn settle_tie(state: &AppState, hooks: &WebhookSettings, event: Event) -> &'static str {
+/// Settles a same-second tie with the customer as Stripe holds it now, through the
+/// customer's committer (so in order with its other events). When Stripe cannot be asked
+/// the delivery is refused: the tie was not recorded, and Stripe delivers it again.
+async fn settle_tie(
+    state: &AppState,
+    hooks: &WebhookSettings,
+    key: &str,
+    body: &[u8],
+) -> Result<&'static str, ApiError> {
+    let unsettled = |why: &str| {
+        tracing::warn!(
+            why,
+            "a same-second tie could not be settled; Stripe will deliver it again"
+        );
+        ApiError::BadGateway {
+            code: "tie_unsettled",
+            message: format!(
+                "the event ties with the state held and could not be settled ({why}); \
+                 it was not recorded, deliver it again"
+            ),
+        }
+    };
     let Some(stripe) = &hooks.stripe else {
-        return "same-second tie kept";
+        return Err(unsettled("no STRIPE_API_KEY to read the customer"));
     };
-    let Some(id) = event.data.object.get("id").and_then(|v| v.as_str()) else {
-        return "same-second tie kept";
+    let (event, raw) = Event::parse(body).map_err(|e| unsettled(&e))?;
+    let Some(id) = event.object_id().map(str::to_owned) else {
+        return Err(unsettled("the event names no customer"));
     };
-    let current = match stripe.retrieve_customer(id).await {
-        Ok((_, raw)) => raw,
+    let current = match stripe.retrieve_customer(&id).await {
+        Ok((_, current)) => current,
         Err(e) => {
             tracing::warn!(error = %e, "could not read the customer to settle a same-second tie");
-            return "same-second tie kept";
+            return Err(unsettled("Stripe did not answer"));
         }
     };
-    let providers = state.providers.clone();
-    let applied = state
-        .db(move |conn| {
-            inbound::apply_current_customer(conn, &current, event.created, &event.id, &providers)
-        })
-        .await;
-    match applied {
-        Ok(_) => "same-second tie settled from Stripe",
-        Err(e) => {
-            tracing::warn!(error = %e, "applying the current customer failed");
-            "same-second tie kept"
-        }
-    }
+    let settled = state
+        .events
+        .submit(
+            key,
+            Inbound::SettleTie {
+                delivery: (event, raw),
+                current,
+            },
+        )
+        .await
+        .map_err(|e: DbError| {
+            ApiError::Unexpected(anyhow::anyhow!(e).context("settling a same-second tie"))
+        })?;
+    Ok(match settled {
+        Applied::Duplicate => "duplicate",
+        Applied::Handled(Effect::Stale) => "same-second tie superseded by a newer event",
+        _ => "same-second tie settled from Stripe",
+    })
 }

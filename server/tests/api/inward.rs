@@ -300,3 +300,68 @@ async fn an_update_for_a_customer_deleted_in_stripe_before_its_webhook_arrives_i
     assert_eq!(updates[0].status, 404, "the update met the deletion");
     consumer.shutdown().await;
 }
+
+/// Delivers `event` to the loop's server as the sandbox would sign it.
+async fn deliver(stack: &Stack, event: &serde_json::Value) -> (u16, serde_json::Value) {
+    let body = serde_json::to_vec(event).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let signature = shared::stripe::signature::sign(stack.sandbox.webhook_secret(), now, &body);
+    let response = stack
+        .client
+        .post(format!("{}/api/v1/endpoint/stripe", stack.address))
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn customer_event(
+    id: &str,
+    created: i64,
+    customer: &serde_json::Value,
+    name: &str,
+    previous_name: Option<&str>,
+) -> serde_json::Value {
+    let mut object = customer.clone();
+    object["name"] = json!(name);
+    let mut data = json!({"object": object});
+    if let Some(previous) = previous_name {
+        data["previous_attributes"] = json!({"name": previous});
+    }
+    let kind = if previous_name.is_some() {
+        "customer.updated"
+    } else {
+        "customer.created"
+    };
+    json!({"id": id, "object": "event", "type": kind, "created": created, "data": data})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_same_second_tie_is_settled_with_the_customer_as_stripe_holds_it() {
+    let stack = stack_with(SandboxConfig::default(), false).await;
+    let cus = stack
+        .sandbox
+        .dashboard(
+            Method::POST,
+            "/v1/customers",
+            &[("name", "As Stripe holds it"), ("email", "tie@example.com")],
+        )
+        .await;
+    let id = cus["id"].as_str().unwrap().to_owned();
+    let t = chrono::Utc::now().timestamp();
+    let created = customer_event("evt_tie_0", t, &cus, "A", None);
+    assert_eq!(deliver(&stack, &created).await.1["outcome"], "imported");
+    // Same second, in reverse: C applies, then B ties with it.
+    let to_c = customer_event("evt_tie_2", t + 10, &cus, "C", Some("B"));
+    let to_b = customer_event("evt_tie_1", t + 10, &cus, "B", Some("A"));
+    assert_eq!(deliver(&stack, &to_c).await.1["outcome"], "applied");
+    let (status, body) = deliver(&stack, &to_b).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outcome"], "same-second tie settled from Stripe");
+    assert_eq!(stack.customer(&id).await["name"], "As Stripe holds it");
+    // Settled once: a redelivery is a duplicate.
+    assert_eq!(deliver(&stack, &to_b).await.1["outcome"], "duplicate");
+}

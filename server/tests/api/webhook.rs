@@ -425,9 +425,16 @@ async fn an_older_update_never_rolls_state_back_and_same_second_ties_follow_the_
     );
     // Same second, delivered in reverse: C is newer than what we hold and applies; B then
     // ties with C and does not follow from it. Neither order can be trusted, so the server
-    // reads the customer from Stripe (unreachable here: the state we hold is kept).
+    // reads the customer from Stripe; Stripe is unreachable here, so the delivery is
+    // refused (Stripe delivers it again) and not recorded: a redelivery is decided anew.
     assert_eq!(deliver_ok(&app, &to_c).await, "applied");
-    assert_eq!(deliver_ok(&app, &to_b).await, "same-second tie kept");
+    let stored = events_stored(&app);
+    for _ in 0..2 {
+        let response = deliver(&app, &to_b).await;
+        assert_eq!(response.status(), 502);
+        assert_eq!(error_of(response).await.0, "tie_unsettled");
+        assert_eq!(events_stored(&app), stored, "the tie is not recorded");
+    }
     let c: Value = app
         .get("/api/v1/customers/cus_D")
         .await

@@ -32,7 +32,7 @@ impl Source {
 /// before, or earlier in the batch, is a duplicate, whichever way it came).
 pub fn insert_many(
     conn: &mut PgConnection,
-    events: &[(Event, Value)],
+    events: &[&(Event, Value)],
     source: Source,
 ) -> QueryResult<Vec<bool>> {
     #[derive(QueryableByName)]
@@ -81,4 +81,12 @@ pub fn last_webhook_at(
         .filter(webhook_events::source.eq(Source::Webhook.as_str()))
         .select(diesel::dsl::max(webhook_events::received_at))
         .first(conn)
+}
+
+/// Removes event rows stored by the current transaction that were not applied after all
+/// (a same-second tie the caller settles later): a redelivery is then decided anew.
+pub fn forget(conn: &mut PgConnection, ids: &[&str]) -> QueryResult<usize> {
+    statement("DELETE FROM webhook_events WHERE id = ANY($1)")
+        .bind::<Array<Text>, _>(ids)
+        .execute(conn)
 }

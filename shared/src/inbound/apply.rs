@@ -56,6 +56,16 @@ pub fn apply_batch_from(
     providers: &[Provider],
     source: Source,
 ) -> Result<Vec<Applied>, DbError> {
+    apply_deliveries(conn, &events.iter().collect::<Vec<_>>(), providers, source)
+}
+
+/// [`apply_batch_from`] for events held elsewhere (the webhook committer's items).
+pub fn apply_deliveries(
+    conn: &mut PgConnection,
+    events: &[&(Event, Value)],
+    providers: &[Provider],
+    source: Source,
+) -> Result<Vec<Applied>, DbError> {
     let others = rules::passed_on_to(providers);
     conn.transaction(|conn| {
         let fresh = event_rows::insert_many(conn, events, source)?;
@@ -91,6 +101,17 @@ pub fn apply_batch_from(
                 answers[i] = Some(apply_alone(conn, i, event, &others)?);
             }
         }
+        // A tie is not recorded as received: it counts only once [`settle_tie`] settled it,
+        // so a delivery that could not be settled is decided again when it comes back.
+        let ties: Vec<&str> = events
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| **answer == Some(Applied::Handled(Effect::Tie)))
+            .map(|((event, _), _)| event.id.as_str())
+            .collect();
+        if !ties.is_empty() {
+            event_rows::forget(conn, &ties)?;
+        }
         Ok(answers
             .into_iter()
             .map(|answer| answer.expect("every event is answered"))
@@ -117,19 +138,66 @@ pub fn apply_current_customer(
             previous_attributes: None,
         },
     };
-    let remote = customer_of(&event)?;
+    conn.transaction(|conn| apply_current(conn, &event, &others))
+}
+
+/// Settles a same-second tie that [`apply_batch_from`] answered with [`Effect::Tie`],
+/// with `current`, the customer as Stripe held it when read after the tie, in one
+/// transaction that also records the event. Run it in the customer's order (the
+/// webhook's committer for that customer): when an event newer than the tie was applied
+/// meanwhile, the tie is answered `Stale` and nothing is applied, since what Stripe held
+/// when it was read may be older than that event.
+pub fn settle_tie(
+    conn: &mut PgConnection,
+    delivery: &(Event, Value),
+    current: &Value,
+    providers: &[Provider],
+    source: Source,
+) -> Result<Applied, DbError> {
+    let others = rules::passed_on_to(providers);
+    let (tie, _) = delivery;
+    let event = Event {
+        id: format!("{}:current", tie.id),
+        kind: "customer.updated".into(),
+        created: tie.created,
+        data: EventData {
+            object: current.clone(),
+            previous_attributes: None,
+        },
+    };
     conn.transaction(|conn| {
-        if remote.deleted {
-            return customer_deleted(conn, &event, remote, &others);
+        if !event_rows::insert_many(conn, &[delivery], source)?[0] {
+            return Ok(Applied::Duplicate);
         }
-        let candidate = Candidate {
-            index: 0,
-            event: &event,
-            remote,
-            current: true,
-        };
-        customer_changed(conn, candidate, &others)
+        let id = customer_of(&event)?.id;
+        let newer = linked_many(conn, &[&id])?
+            .remove(&id)
+            .is_some_and(|(_, link)| link.remote_event_created > Some(tie.created));
+        if newer {
+            return Ok(Applied::Handled(Effect::Stale));
+        }
+        apply_current(conn, &event, &others).map(Applied::Handled)
     })
+}
+
+/// Applies `event`, whose object is the customer as Stripe holds it now, skipping the
+/// ordering checks.
+fn apply_current(
+    conn: &mut PgConnection,
+    event: &Event,
+    others: &[Provider],
+) -> Result<Effect, DbError> {
+    let remote = customer_of(event)?;
+    if remote.deleted {
+        return customer_deleted(conn, event, remote, others);
+    }
+    let candidate = Candidate {
+        index: 0,
+        event,
+        remote,
+        current: true,
+    };
+    customer_changed(conn, candidate, others)
 }
 
 /// A customer event and its object, with its index in the batch.
@@ -143,7 +211,7 @@ struct Candidate<'a> {
 
 /// The stored customer events of the batch that are the only stored event about their
 /// Stripe customer in it. Anything else is left to [`apply_alone`].
-fn candidates<'a>(events: &'a [(Event, Value)], fresh: &[bool]) -> Vec<Candidate<'a>> {
+fn candidates<'a>(events: &[&'a (Event, Value)], fresh: &[bool]) -> Vec<Candidate<'a>> {
     let mut per_customer: HashMap<&str, usize> = HashMap::new();
     for ((event, _), _) in events.iter().zip(fresh).filter(|(_, stored)| **stored) {
         *per_customer.entry(event.customer_key()).or_default() += 1;

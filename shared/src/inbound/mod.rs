@@ -12,7 +12,10 @@ mod apply;
 pub mod rules;
 
 pub use crate::db::events::Source;
-pub use apply::{apply, apply_batch, apply_batch_from, apply_current_customer, store_invoices};
+pub use apply::{
+    apply, apply_batch, apply_batch_from, apply_current_customer, apply_deliveries, settle_tie,
+    store_invoices,
+};
 
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +35,7 @@ pub enum Effect {
     Stale,
     /// The same second as the last event applied and not following from it: neither
     /// order can be trusted, so the caller reads the customer from Stripe and applies it
-    /// with [`apply_current_customer`].
+    /// with [`settle_tie`]. Until then the event is not recorded as received.
     Tie,
     /// The customer is a tombstone here; the remote state was recorded.
     DeletedLocally,
