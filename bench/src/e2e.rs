@@ -205,11 +205,43 @@ pub async fn idle(samples: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn faults(customers: usize, kill_every: Duration) -> anyhow::Result<()> {
+/// The faults scenario's knobs.
+pub struct Faults {
+    pub customers: usize,
+    pub updates: usize,
+    pub kill_every: Duration,
+    pub fail_after_commit: f64,
+}
+
+/// Tasks not yet succeeded or dead.
+fn open_tasks(stack: &Stack) -> anyhow::Result<i64> {
+    use shared::db::schema::sync_tasks::dsl::*;
+    Ok(sync_tasks
+        .filter(status.ne_all(["succeeded", "dead"]))
+        .count()
+        .get_result(&mut stack.db.connect())?)
+}
+
+/// Dead tasks.
+fn dead_tasks(stack: &Stack) -> anyhow::Result<i64> {
+    use shared::db::schema::sync_tasks::dsl::*;
+    Ok(sync_tasks
+        .filter(status.eq("dead"))
+        .count()
+        .get_result(&mut stack.db.connect())?)
+}
+
+pub async fn faults(settings: Faults) -> anyhow::Result<()> {
+    let Faults {
+        customers,
+        updates,
+        kill_every,
+        fail_after_commit,
+    } = settings;
     let (mut stack, sandbox) = start(SandboxConfig {
         latency_ms: 20,
         fail_rate: 0.10,
-        fail_after_commit_rate: 0.02,
+        fail_after_commit_rate: fail_after_commit,
         duplicate_rate: 0.10,
         shuffle: true,
         seed: Some(1),
@@ -234,6 +266,12 @@ pub async fn faults(customers: usize, kill_every: Duration) -> anyhow::Result<()
         let token = stack.token.clone();
         tokio::spawn(async move {
             let client = stack::client(8);
+            // Each update follows its customer's create closely, so it races the create's
+            // call, its retries and its webhook echo.
+            let every = customers
+                .checked_div(updates)
+                .map_or(usize::MAX, |e| e.max(1));
+            let mut updated = 0;
             for i in 0..customers {
                 let body = json!({"id": format!("f-{i}"), "name": format!("Fault {i}"), "email": format!("f{i}@example.com")});
                 let _ = client
@@ -242,13 +280,24 @@ pub async fn faults(customers: usize, kill_every: Duration) -> anyhow::Result<()
                     .json(&body)
                     .send()
                     .await;
+                if updated < updates && i % every == every - 1 {
+                    let body = json!({"name": format!("Fault {i} updated")});
+                    let _ = client
+                        .patch(format!("{base_url}/api/v1/customers/f-{i}"))
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await;
+                    updated += 1;
+                }
             }
+            updated
         })
     };
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut next_kill = Instant::now() + kill_every;
-    while (linked(&stack)? < customers as i64 || !creator.is_finished())
+    while (!creator.is_finished() || linked(&stack)? < customers as i64 || open_tasks(&stack)? > 0)
         && Instant::now() < deadline
     {
         if Instant::now() >= next_kill {
@@ -260,10 +309,12 @@ pub async fn faults(customers: usize, kill_every: Duration) -> anyhow::Result<()
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    creator.await?;
+    let updated = creator.await?;
     let _ = sandbox.wait_webhooks_idle(Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
     let done = linked(&stack)?;
+    let dead = dead_tasks(&stack)?;
+    let open = open_tasks(&stack)?;
     let by_local = remote_by_local(&sandbox);
     let duplicated = by_local.values().filter(|v| v.len() > 1).count();
     let local: Vec<(String, String, String)> = {
@@ -287,17 +338,25 @@ pub async fn faults(customers: usize, kill_every: Duration) -> anyhow::Result<()
         .filter(|r| r.status == 500 && !r.replayed)
         .count();
     println!(
-        "faults ({customers} creates, consumers SIGKILLed every {}s: {kills} kills, {failed} injected 500s, duplicated+shuffled webhooks): lost {lost}, duplicated {duplicated}, converged {converged}/{customers} ({:.1}%), linked {done}, {:.1} s",
+        "faults ({customers} creates and {updated} updates, two consumers, one SIGKILLed every {}s: {kills} kills, {failed} injected 500s, {:.0}% failing after commit, duplicated+shuffled webhooks): lost {lost}, duplicated {duplicated}, dead {dead}, open {open}, converged {converged}/{customers} ({:.1}%), linked {done}, {:.1} s",
         kill_every.as_secs(),
+        fail_after_commit * 100.0,
         converged as f64 * 100.0 / customers as f64,
         elapsed.as_secs_f64()
     );
     println!(
         "{}",
-        json!({"scenario": "faults", "customers": customers, "kills": kills, "injected_500": failed,
-        "lost": lost, "duplicated": duplicated, "converged": converged, "seconds": elapsed.as_secs_f64()})
+        json!({"scenario": "faults", "customers": customers, "updates": updated, "kills": kills,
+        "injected_500": failed, "fail_after_commit": fail_after_commit, "lost": lost,
+        "duplicated": duplicated, "dead": dead, "open": open, "converged": converged,
+        "seconds": elapsed.as_secs_f64()})
     );
+    let clean = lost == 0 && duplicated == 0 && dead == 0 && open == 0 && converged == customers;
     stack.stop();
     sandbox.stop().await;
+    anyhow::ensure!(
+        clean,
+        "the fault run lost, duplicated, left dead or did not converge"
+    );
     Ok(())
 }

@@ -88,14 +88,24 @@ enum Scenario {
         #[arg(long, default_value = "1000")]
         hold_ms: u64,
     },
-    /// End to end under faults: consumers SIGKILLed every few seconds, 10% of calls failing,
-    /// 2% failing after commit, webhooks duplicated and shuffled
+    /// End to end under faults: creates with updates among them, two consumers on the
+    /// topic, one SIGKILLed every few seconds, 10% of calls failing before and 5% after
+    /// Stripe committed, webhooks duplicated and shuffled. Exits 1 unless nothing was lost,
+    /// duplicated or left dead and every customer converged
     Faults {
         #[arg(long, default_value = "2000")]
         customers: usize,
+        /// Updates, each to a customer created just before it (default: a third of the
+        /// customers)
+        #[arg(long)]
+        updates: Option<usize>,
         /// Seconds between kills
         #[arg(long, default_value = "3")]
         kill_every: u64,
+        /// Share of Stripe calls failing after the change committed (a 500 stored under
+        /// the key)
+        #[arg(long, default_value = "0.05")]
+        fail_after_commit: f64,
     },
     /// Hostile peers (signature floods, slow bodies, health and connection floods, ZeroMQ
     /// garbage), each for a while, against a steady client's latency on the task API
@@ -131,8 +141,18 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Idle { samples } => e2e::idle(samples).await,
         Scenario::Faults {
             customers,
+            updates,
             kill_every,
-        } => e2e::faults(customers, Duration::from_secs(kill_every)).await,
+            fail_after_commit,
+        } => {
+            e2e::faults(e2e::Faults {
+                customers,
+                updates: updates.unwrap_or(customers / 3),
+                kill_every: Duration::from_secs(kill_every),
+                fail_after_commit,
+            })
+            .await
+        }
         Scenario::Attack(settings) => attack::run(settings).await,
         Scenario::Adopt(settings) => adopt::run(settings).await,
     }

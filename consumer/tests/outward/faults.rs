@@ -295,3 +295,163 @@ async fn a_key_older_than_stripe_keeps_keys_is_replaced_after_a_reconcile() {
     assert_eq!(task["status"], "succeeded", "{task}");
     consumer.shutdown().await;
 }
+
+/// The fault run of issue 19 in small: creates with updates right behind them, two
+/// consumer processes on the topic, each SIGKILLed once mid-run and replaced, Stripe
+/// failing 10% of calls before and 5% after committing, and its webhooks (the echoes
+/// that link a create meanwhile) duplicated and shuffled. Nothing may be lost,
+/// duplicated, left dead or left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_consumers_killed_under_both_failure_kinds_lose_duplicate_and_strand_nothing() {
+    const CUSTOMERS: usize = 600;
+    const UPDATES: usize = 200;
+    let stack = crate::helpers::stack_full(
+        SandboxConfig {
+            latency_ms: 10,
+            fail_rate: 0.10,
+            fail_after_commit_rate: 0.05,
+            duplicate_rate: 0.10,
+            shuffle: true,
+            ..SandboxConfig::default()
+        },
+        true,
+        false,
+    )
+    .await;
+    let env = [
+        ("CONSUMER_LEASE_SECS", "5"),
+        ("CONSUMER_CONCURRENCY", "8"),
+        ("CONSUMER_BACKOFF_MAX_MS", "300"),
+        ("TASK_MAX_ATTEMPTS", "1000"),
+    ];
+    let mut consumers = vec![stack.consumer_process(&env), stack.consumer_process(&env)];
+    let tasks = (CUSTOMERS + UPDATES) as i64;
+    let succeeded = || {
+        stack
+            .statuses()
+            .iter()
+            .find(|(s, _)| s == "succeeded")
+            .map_or(0, |(_, n)| *n)
+    };
+    let every = CUSTOMERS / UPDATES;
+    let mut kills = 0;
+    for i in 0..CUSTOMERS {
+        let id = format!("f-{i}");
+        stack
+            .create(&id, "Fault", &format!("f{i}@example.com"))
+            .await;
+        if i % every == every - 1 {
+            stack
+                .patch(
+                    &id,
+                    serde_json::json!({"name": format!("Fault {i} updated")}),
+                )
+                .await;
+        }
+        // Kill the older consumer once a third, then two thirds, of the work is done.
+        if kills < 2 && succeeded() >= tasks * (kills + 1) / 3 {
+            let mut victim = consumers.remove(0);
+            victim.kill().unwrap(); // SIGKILL
+            victim.wait().unwrap();
+            consumers.push(stack.consumer_process(&env));
+            kills += 1;
+        }
+    }
+    while kills < 2 {
+        let target = tasks * (kills + 1) / 3;
+        let deadline = std::time::Instant::now() + WAIT;
+        while succeeded() < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress to kill a consumer in: {:?}; open: {:?}",
+                stack.statuses(),
+                stack.db.open_tasks()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut victim = consumers.remove(0);
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        consumers.push(stack.consumer_process(&env));
+        kills += 1;
+    }
+    stack.drained(tasks).await;
+    for mut consumer in consumers {
+        consumer.kill().unwrap();
+        consumer.wait().unwrap();
+    }
+    assert!(
+        stack.sandbox.wait_webhooks_idle(WAIT).await,
+        "webhooks drained"
+    );
+    assert_exactly_once(&stack, CUSTOMERS);
+    let remote: std::collections::BTreeMap<String, Option<String>> = stack
+        .sandbox
+        .customers()
+        .into_iter()
+        .filter(|c| !c.deleted)
+        .filter_map(|c| {
+            let local = c.metadata.get("customer_sync_id")?.clone();
+            Some((local, c.name))
+        })
+        .collect();
+    for i in 0..CUSTOMERS {
+        let local = stack.customer(&format!("f-{i}")).await;
+        assert_eq!(
+            remote.get(&format!("f-{i}")).cloned().flatten().as_deref(),
+            local["name"].as_str(),
+            "f-{i} converged"
+        );
+    }
+    let failed = stack
+        .sandbox
+        .request_log()
+        .iter()
+        .filter(|r| r.status == 500)
+        .count();
+    assert!(failed > 10, "the failure knobs fired: {failed} 500s");
+}
+
+/// A consumer claims only what it can start: with two permits and both providers' loops
+/// claiming at once, no more than two tasks are ever leased (a task leased without a
+/// permit would wait with its lease running, and be taken over by another consumer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_never_holds_more_leases_than_it_has_permits() {
+    let stack = crate::helpers::stack_full(
+        SandboxConfig {
+            latency_ms: 300,
+            ..SandboxConfig::default()
+        },
+        false,
+        true,
+    )
+    .await;
+    for i in 0..6 {
+        stack
+            .create(&format!("c-{i}"), "Name", &format!("c{i}@example.com"))
+            .await;
+    }
+    // Both providers' loops wake at start-up with due tasks and two free permits.
+    let consumer = stack.consumer_with(|s| s.concurrency = 2).await;
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let statuses = stack.statuses();
+        let leased = statuses
+            .iter()
+            .find(|(s, _)| s == "in_flight")
+            .map_or(0, |(_, n)| *n);
+        most = most.max(leased);
+        if statuses == [("succeeded".to_owned(), 12)] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not drained: {statuses:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(most >= 1, "tasks were seen in flight");
+    assert!(most <= 2, "{most} tasks leased with 2 permits");
+    consumer.shutdown().await;
+}
