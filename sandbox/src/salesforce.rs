@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
+/// The external id field the sandbox's describe names (the default of
+/// `SALESFORCE_EXTERNAL_ID_FIELD`).
+pub const EXTERNAL_ID_FIELD: &str = "Customer_Id__c";
+
 /// The client id and secret the sandbox accepts.
 pub const CLIENT_ID: &str = "sandbox-client-id";
 /// The client secret the sandbox accepts.
@@ -37,6 +41,9 @@ pub struct SalesforceState {
 #[derive(Default)]
 struct Inner {
     contacts: BTreeMap<String, Contact>,
+    /// The external id field matches values ignoring case (Salesforce's default for a
+    /// unique text field; README "Connecting Salesforce" says to tick "case sensitive").
+    case_insensitive: bool,
     tokens: HashSet<String>,
     next_id: u64,
     api_calls: u64,
@@ -55,6 +62,12 @@ impl SalesforceState {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Makes the external id field match values ignoring case, as an org that left
+    /// "case sensitive" unticked does; the contacts keep the value first written.
+    pub fn set_case_insensitive(&self, insensitive: bool) {
+        self.inner.lock().unwrap().case_insensitive = insensitive;
     }
 
     /// Invalidates every issued token: the next call gets 401 `INVALID_SESSION_ID`.
@@ -93,9 +106,39 @@ fn errors(status: u16, code: &str, message: &str, fields: &[&str]) -> HttpRespon
         .json(json!([{"message": message, "errorCode": code, "fields": fields}]))
 }
 
+impl Inner {
+    /// The key of the contact the external id `value` matches: exactly, or ignoring case
+    /// when the field is case insensitive (a live contact first, as upsert matches).
+    fn matching(&self, value: &str) -> Option<String> {
+        if self.contacts.contains_key(value) || !self.case_insensitive {
+            return self.contacts.contains_key(value).then(|| value.to_owned());
+        }
+        let mut candidates = self
+            .contacts
+            .values()
+            .filter(|c| c.external_id.eq_ignore_ascii_case(value));
+        let first = candidates.clone().find(|c| !c.deleted);
+        first
+            .or_else(|| candidates.next())
+            .map(|c| c.external_id.clone())
+    }
+}
+
 /// Registers the Salesforce routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/services/oauth2/token", web::post().to(token))
+        .route(
+            "/services/data/{version}/sobjects/Contact/describe",
+            web::get().to(describe),
+        )
+        .route(
+            "/services/data/{version}/sobjects/Contact/describe/",
+            web::get().to(describe),
+        )
+        .route(
+            "/services/data/{version}/sobjects/Contact/{field}/{value}",
+            web::get().to(get_by_external_id),
+        )
         .route(
             "/services/data/{version}/sobjects/Contact/{field}/{value}",
             web::patch().to(upsert),
@@ -223,9 +266,10 @@ async fn upsert(
     let last_name = text("LastName").filter(|l| !l.trim().is_empty());
     let response = {
         let mut inner = state.inner.lock().unwrap();
-        let existing = inner
-            .contacts
-            .get(&external_id)
+        let key = inner.matching(&external_id);
+        let existing = key
+            .as_ref()
+            .and_then(|k| inner.contacts.get(k))
             .filter(|c| !c.deleted)
             .cloned();
         match (existing, last_name) {
@@ -274,7 +318,8 @@ async fn upsert(
                     contact.email = text("Email");
                 }
                 let id = contact.id.clone();
-                inner.contacts.insert(external_id, contact);
+                // The contact keeps the external id it was created with.
+                inner.contacts.insert(contact.external_id.clone(), contact);
                 HttpResponse::Ok()
                     .json(json!({"id": id, "success": true, "errors": [], "created": false}))
             }
@@ -294,7 +339,8 @@ async fn delete(
     let (_, _, external_id) = path.into_inner();
     let response = {
         let mut inner = state.inner.lock().unwrap();
-        match inner.contacts.get_mut(&external_id) {
+        let key = inner.matching(&external_id).unwrap_or(external_id);
+        match inner.contacts.get_mut(&key) {
             Some(contact) if contact.deleted => {
                 errors(400, "ENTITY_IS_DELETED", "entity is deleted", &[])
             }
@@ -306,6 +352,64 @@ async fn delete(
                 404,
                 "NOT_FOUND",
                 "Provided external ID field does not exist or is not accessible",
+                &[],
+            ),
+        }
+    };
+    with_limit(&state, &req, response)
+}
+
+/// `GET .../sobjects/Contact/describe`: the fields that matter to an upsert by external
+/// id, the external id field's `caseSensitive` as this org is set up.
+async fn describe(state: web::Data<Arc<SalesforceState>>, req: HttpRequest) -> HttpResponse {
+    if let Err(response) = admit(&state, &req) {
+        return with_limit(&state, &req, response);
+    }
+    let insensitive = state.inner.lock().unwrap().case_insensitive;
+    let field = |name: &str, external: bool, case_sensitive: bool| {
+        json!({"name": name, "type": if name == "Id" { "id" } else { "string" },
+               "externalId": external, "unique": external, "caseSensitive": case_sensitive,
+               "idLookup": external || name == "Id"})
+    };
+    let response = HttpResponse::Ok().json(json!({
+        "name": "Contact",
+        "fields": [
+            field("Id", false, false),
+            field("FirstName", false, false),
+            field("LastName", false, false),
+            field("Email", false, false),
+            field(EXTERNAL_ID_FIELD, true, !insensitive),
+        ]
+    }));
+    with_limit(&state, &req, response)
+}
+
+/// `GET .../sobjects/Contact/{field}/{value}`: the live contact the external id matches.
+async fn get_by_external_id(
+    state: web::Data<Arc<SalesforceState>>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
+    if let Err(response) = admit(&state, &req) {
+        return with_limit(&state, &req, response);
+    }
+    let (_, field, value) = path.into_inner();
+    let response = {
+        let inner = state.inner.lock().unwrap();
+        let contact = inner
+            .matching(&value)
+            .and_then(|key| inner.contacts.get(&key))
+            .filter(|c| !c.deleted);
+        match contact {
+            Some(c) => HttpResponse::Ok().json(json!({
+                "attributes": {"type": "Contact", "url": format!("/services/data/v60.0/sobjects/Contact/{}", c.id)},
+                "Id": c.id, field: c.external_id, "FirstName": c.first_name,
+                "LastName": c.last_name, "Email": c.email
+            })),
+            None => errors(
+                404,
+                "NOT_FOUND",
+                "The requested resource does not exist",
                 &[],
             ),
         }

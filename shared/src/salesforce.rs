@@ -78,7 +78,25 @@ struct ErrorItem {
 #[derive(Deserialize)]
 struct UpsertResult {
     id: String,
+    /// Absent before API 46.0.
+    #[serde(default)]
+    created: Option<bool>,
 }
+
+#[derive(Deserialize)]
+struct Describe {
+    fields: Vec<DescribedField>,
+}
+
+#[derive(Deserialize)]
+struct DescribedField {
+    name: String,
+    #[serde(rename = "caseSensitive", default)]
+    case_sensitive: bool,
+}
+
+/// The error code of a refused case-only collision (ours; Salesforce has none).
+pub const CASE_COLLISION: &str = "CASE_ONLY_COLLISION";
 
 /// A Salesforce REST client for one org.
 pub struct SalesforceClient {
@@ -87,6 +105,8 @@ pub struct SalesforceClient {
     token: RwLock<Option<Token>>,
     refreshing: Mutex<u64>,
     allocation: Allocation,
+    /// Whether the external id field tells `Ada-1` from `ada-1`, read once.
+    case_sensitive: tokio::sync::OnceCell<bool>,
 }
 
 /// Splits a display name into Contact's FirstName and (required) LastName.
@@ -113,6 +133,7 @@ impl SalesforceClient {
             token: RwLock::new(None),
             refreshing: Mutex::new(0),
             allocation: Allocation::new(settings.slow_background_percent),
+            case_sensitive: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -249,13 +270,113 @@ impl SalesforceClient {
         )
     }
 
-    /// Creates or updates the Contact whose external id is `local_id`; returns its Salesforce id.
+    /// Whether the external id field is case sensitive, from Contact's describe (read
+    /// once per process).
+    pub async fn external_id_case_sensitive(&self) -> Result<bool, SalesforceError> {
+        self.case_sensitive
+            .get_or_try_init(|| async {
+                let body = self
+                    .send(|token| {
+                        self.http.get(format!(
+                            "{}/services/data/v{}/sobjects/Contact/describe",
+                            token.instance_url, self.settings.api_version
+                        ))
+                    })
+                    .await?;
+                let describe: Describe =
+                    serde_json::from_slice(&body).map_err(|e| SalesforceError::Api {
+                        status: 200,
+                        code: "UNREADABLE_DESCRIBE".into(),
+                        message: format!("Contact's describe could not be read: {e}"),
+                    })?;
+                let field = &self.settings.external_id_field;
+                let found = describe
+                    .fields
+                    .iter()
+                    .find(|f| f.name.eq_ignore_ascii_case(field))
+                    .ok_or_else(|| SalesforceError::Api {
+                        status: 400,
+                        code: "INVALID_FIELD".into(),
+                        message: format!(
+                            "Contact has no field {field} (SALESFORCE_EXTERNAL_ID_FIELD)"
+                        ),
+                    })?;
+                if !found.case_sensitive {
+                    tracing::warn!(
+                        field = %field,
+                        "the Salesforce external id field is not case sensitive: customers whose ids differ only in case cannot both reach Salesforce (README: Connecting Salesforce)"
+                    );
+                }
+                Ok(found.case_sensitive)
+            })
+            .await
+            .copied()
+    }
+
+    /// The external id stored on the live Contact that `local_id` matches, with its id.
+    async fn matching_contact(
+        &self,
+        local_id: &str,
+    ) -> Result<Option<(String, String)>, SalesforceError> {
+        let field = &self.settings.external_id_field;
+        let body = match self
+            .send(|token| {
+                self.http
+                    .get(self.contact_url(token, local_id))
+                    .query(&[("fields", format!("Id,{field}"))])
+            })
+            .await
+        {
+            Ok(body) => body,
+            Err(SalesforceError::Api { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let contact: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| SalesforceError::Api {
+                status: 200,
+                code: "UNREADABLE_CONTACT".into(),
+                message: format!("the Contact could not be read: {e}"),
+            })?;
+        let text = |key: &str| contact.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok(text("Id").zip(text(field)))
+    }
+
+    fn case_collision(&self, local_id: &str, contact: &str, stored: &str) -> SalesforceError {
+        SalesforceError::Api {
+            status: 409,
+            code: CASE_COLLISION.into(),
+            message: format!(
+                "customer id {local_id:?} matches Contact {contact}, whose {} is {stored:?}: \
+                 the field is not case sensitive, so the two customers would share one \
+                 Contact. Tick \"case sensitive\" on the field (README: Connecting \
+                 Salesforce), then retry this task",
+                self.settings.external_id_field
+            ),
+        }
+    }
+
+    /// Creates or updates the Contact whose external id is `local_id`; returns its
+    /// Salesforce id. `linked` is the Contact a previous call recorded, if any.
+    ///
+    /// When the external id field is not case sensitive, a customer's id may match the
+    /// Contact of another customer whose id differs only in case, and an upsert would
+    /// merge the two: the first push (nothing linked) looks first and refuses such a
+    /// match, and a later one refuses an answer naming another Contact than the linked.
     pub async fn upsert_contact(
         &self,
         local_id: &str,
         name: &str,
         email: &str,
+        linked: Option<&str>,
     ) -> Result<Option<String>, SalesforceError> {
+        let case_sensitive = self.external_id_case_sensitive().await?;
+        if !case_sensitive && linked.is_none() {
+            if let Some((contact, stored)) = self.matching_contact(local_id).await? {
+                if stored != local_id {
+                    return Err(self.case_collision(local_id, &contact, &stored));
+                }
+            }
+        }
         let (first, last) = split_name(name);
         let body = json!({"FirstName": first, "LastName": last, "Email": email});
         let response = self
@@ -266,13 +387,26 @@ impl SalesforceClient {
             })
             .await?;
         // 201 and (API 46.0+) 200 carry the id; older versions answer 204 without a body.
-        Ok(serde_json::from_slice::<UpsertResult>(&response)
-            .ok()
-            .map(|r| r.id))
+        let result = serde_json::from_slice::<UpsertResult>(&response).ok();
+        if let (false, Some(linked), Some(result)) = (case_sensitive, linked, &result) {
+            if result.created == Some(false) && result.id != linked {
+                tracing::error!(contact = %result.id, linked, "an upsert reached another customer's Contact");
+                return Err(self.case_collision(local_id, &result.id, "another customer's id"));
+            }
+        }
+        Ok(result.map(|r| r.id))
     }
 
     /// Deletes the Contact whose external id is `local_id`; already gone counts as done.
+    /// When the field is not case sensitive, a Contact whose external id differs in case
+    /// is another customer's and is left alone.
     pub async fn delete_contact(&self, local_id: &str) -> Result<(), SalesforceError> {
+        if !self.external_id_case_sensitive().await? {
+            match self.matching_contact(local_id).await? {
+                Some((_, stored)) if stored == local_id => {}
+                _ => return Ok(()),
+            }
+        }
         match self
             .send(|token| self.http.delete(self.contact_url(token, local_id)))
             .await

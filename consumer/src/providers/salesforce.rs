@@ -18,10 +18,19 @@ impl Salesforce {
         Self { client }
     }
 
-    async fn upsert(&self, customer: &CustomerRow) -> Result<Option<String>, CallError> {
+    async fn upsert(
+        &self,
+        customer: &CustomerRow,
+        linked: Option<&str>,
+    ) -> Result<Option<String>, CallError> {
         Ok(self
             .client
-            .upsert_contact(customer.id.as_str(), &customer.name, &customer.email)
+            .upsert_contact(
+                customer.id.as_str(),
+                &customer.name,
+                &customer.email,
+                linked,
+            )
             .await?)
     }
 }
@@ -54,16 +63,16 @@ impl ProviderApi for Salesforce {
         customer: &CustomerRow,
         _key: &str,
     ) -> Result<Option<String>, CallError> {
-        self.upsert(customer).await
+        self.upsert(customer, None).await
     }
 
     async fn update(
         &self,
-        _external_id: Option<&str>,
+        external_id: Option<&str>,
         customer: &CustomerRow,
         _key: &str,
     ) -> Result<Option<String>, CallError> {
-        self.upsert(customer).await
+        self.upsert(customer, external_id).await
     }
 
     async fn delete(

@@ -250,9 +250,97 @@ async fn the_daily_allocation_reported_by_salesforce_sets_what_calls_may_still_g
     ] {
         org.set_api_calls(calls);
         client
-            .upsert_contact("c-1", "Ada Lovelace", "ada@example.com")
+            .upsert_contact("c-1", "Ada Lovelace", "ada@example.com", None)
             .await
             .unwrap();
         assert_eq!(client.allowance(), expected, "after {calls} calls");
     }
+}
+
+/// The Salesforce task of the customer among `created`.
+fn salesforce_task(created: &serde_json::Value) -> String {
+    created["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["provider"] == "salesforce")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ids_differing_only_in_case_are_refused_not_merged_when_the_field_ignores_case() {
+    let stack = stack_full(SandboxConfig::default(), false, true).await;
+    let org = stack.sandbox.salesforce();
+    org.set_case_insensitive(true);
+    let consumer = stack.consumer().await;
+    stack
+        .create("Ada-1", "Ada Lovelace", "ada@example.com")
+        .await;
+    stack.drained(2).await;
+    let first = contact(&stack, "Ada-1").expect("Ada-1's contact");
+
+    let created = stack
+        .create("ada-1", "Grace Hopper", "grace@example.com")
+        .await;
+    let task_id = salesforce_task(&created);
+    let task = eventually("ada-1's Salesforce create to be refused", WAIT, || async {
+        let t = stack.task(&task_id).await;
+        (t["status"] == "dead").then_some(t)
+    })
+    .await;
+    let error = task["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("CASE_ONLY_COLLISION") && error.contains("case sensitive"),
+        "{error}"
+    );
+    assert_eq!(
+        contact(&stack, "Ada-1"),
+        Some(first.clone()),
+        "Ada-1's contact is not merged"
+    );
+    assert_eq!(org.contacts().len(), 1);
+
+    // Deleting ada-1 leaves Ada-1's contact alone.
+    let deleted = stack.delete("ada-1").await;
+    let task_id = salesforce_task(&deleted);
+    eventually("ada-1's Salesforce delete", WAIT, || async {
+        (stack.task(&task_id).await["status"] == "succeeded").then_some(())
+    })
+    .await;
+    assert_eq!(contact(&stack, "Ada-1"), Some(first));
+    let describes = org
+        .calls()
+        .iter()
+        .filter(|(method, path, _)| method == "GET" && path.ends_with("/describe"))
+        .count();
+    assert_eq!(describes, 1, "the field is described once per process");
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ids_differing_only_in_case_each_get_a_contact_when_the_field_is_case_sensitive() {
+    let stack = stack_full(SandboxConfig::default(), false, true).await;
+    let consumer = stack.consumer().await;
+    stack
+        .create("Ada-1", "Ada Lovelace", "ada@example.com")
+        .await;
+    stack
+        .create("ada-1", "Grace Hopper", "grace@example.com")
+        .await;
+    stack.drained(4).await;
+    assert_eq!(contact(&stack, "Ada-1").unwrap().last_name, "Lovelace");
+    assert_eq!(contact(&stack, "ada-1").unwrap().last_name, "Hopper");
+    // No lookup before the upserts: a case-sensitive field costs no extra call.
+    let gets = stack
+        .sandbox
+        .salesforce()
+        .calls()
+        .iter()
+        .filter(|(method, path, _)| method == "GET" && !path.ends_with("/describe"))
+        .count();
+    assert_eq!(gets, 0);
+    consumer.shutdown().await;
 }
