@@ -213,6 +213,21 @@ fn admit(state: &SalesforceState, req: &HttpRequest) -> Result<(), HttpResponse>
     Ok(())
 }
 
+/// Answers an sObject call: the token and injected failures first, then `answer` on the
+/// org's state (locked while it runs); every answer is recorded and carries
+/// `Sforce-Limit-Info`.
+fn respond(
+    state: &SalesforceState,
+    req: &HttpRequest,
+    answer: impl FnOnce(&mut Inner) -> HttpResponse,
+) -> HttpResponse {
+    let response = match admit(state, req) {
+        Err(refused) => refused,
+        Ok(()) => answer(&mut state.inner.lock().unwrap()),
+    };
+    with_limit(state, req, response)
+}
+
 fn limit_info(state: &SalesforceState) -> String {
     format!("api-usage={}/15000", state.inner.lock().unwrap().api_calls)
 }
@@ -243,42 +258,33 @@ async fn upsert(
     path: web::Path<(String, String, String)>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Err(response) = admit(&state, &req) {
-        return with_limit(&state, &req, response);
-    }
     let (_, _, external_id) = path.into_inner();
-    let fields: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return with_limit(
-                &state,
-                &req,
-                errors(
-                    400,
-                    "JSON_PARSER_ERROR",
-                    "The request body is not a JSON object",
-                    &[],
-                ),
-            )
-        }
-    };
-    let text = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_owned);
-    let last_name = text("LastName").filter(|l| !l.trim().is_empty());
-    let response = {
-        let mut inner = state.inner.lock().unwrap();
-        let key = inner.matching(&external_id);
-        let existing = key
-            .as_ref()
-            .and_then(|k| inner.contacts.get(k))
-            .filter(|c| !c.deleted)
-            .cloned();
-        match (existing, last_name) {
-            (None, None) => errors(
+    respond(&state, &req, |inner| {
+        let Ok(fields @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
+            return errors(
+                400,
+                "JSON_PARSER_ERROR",
+                "The request body is not a JSON object",
+                &[],
+            );
+        };
+        let text = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_owned);
+        let last_name = text("LastName").filter(|l| !l.trim().is_empty());
+        let missing_last_name = || {
+            errors(
                 400,
                 "REQUIRED_FIELD_MISSING",
                 "Required fields are missing: [LastName]",
                 &["LastName"],
-            ),
+            )
+        };
+        let existing = inner
+            .matching(&external_id)
+            .and_then(|key| inner.contacts.get(&key))
+            .filter(|c| !c.deleted)
+            .cloned();
+        match (existing, last_name) {
+            (None, None) => missing_last_name(),
             (None, Some(last)) => {
                 inner.next_id += 1;
                 let id = format!("003SB{:013}", inner.next_id);
@@ -296,20 +302,10 @@ async fn upsert(
                 HttpResponse::Created()
                     .json(json!({"id": id, "success": true, "errors": [], "created": true}))
             }
+            (Some(_), None) if fields.get("LastName").is_some() => missing_last_name(),
             (Some(mut contact), last) => {
                 if let Some(last) = last {
                     contact.last_name = last;
-                } else if fields.get("LastName").is_some() {
-                    return with_limit(
-                        &state,
-                        &req,
-                        errors(
-                            400,
-                            "REQUIRED_FIELD_MISSING",
-                            "Required fields are missing: [LastName]",
-                            &["LastName"],
-                        ),
-                    );
                 }
                 if fields.get("FirstName").is_some() {
                     contact.first_name = text("FirstName");
@@ -324,8 +320,7 @@ async fn upsert(
                     .json(json!({"id": id, "success": true, "errors": [], "created": false}))
             }
         }
-    };
-    with_limit(&state, &req, response)
+    })
 }
 
 async fn delete(
@@ -333,12 +328,8 @@ async fn delete(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> HttpResponse {
-    if let Err(response) = admit(&state, &req) {
-        return with_limit(&state, &req, response);
-    }
     let (_, _, external_id) = path.into_inner();
-    let response = {
-        let mut inner = state.inner.lock().unwrap();
+    respond(&state, &req, |inner| {
         let key = inner.matching(&external_id).unwrap_or(external_id);
         match inner.contacts.get_mut(&key) {
             Some(contact) if contact.deleted => {
@@ -355,33 +346,29 @@ async fn delete(
                 &[],
             ),
         }
-    };
-    with_limit(&state, &req, response)
+    })
 }
 
 /// `GET .../sobjects/Contact/describe`: the fields that matter to an upsert by external
 /// id, the external id field's `caseSensitive` as this org is set up.
 async fn describe(state: web::Data<Arc<SalesforceState>>, req: HttpRequest) -> HttpResponse {
-    if let Err(response) = admit(&state, &req) {
-        return with_limit(&state, &req, response);
-    }
-    let insensitive = state.inner.lock().unwrap().case_insensitive;
-    let field = |name: &str, external: bool, case_sensitive: bool| {
-        json!({"name": name, "type": if name == "Id" { "id" } else { "string" },
-               "externalId": external, "unique": external, "caseSensitive": case_sensitive,
-               "idLookup": external || name == "Id"})
-    };
-    let response = HttpResponse::Ok().json(json!({
-        "name": "Contact",
-        "fields": [
-            field("Id", false, false),
-            field("FirstName", false, false),
-            field("LastName", false, false),
-            field("Email", false, false),
-            field(EXTERNAL_ID_FIELD, true, !insensitive),
-        ]
-    }));
-    with_limit(&state, &req, response)
+    respond(&state, &req, |inner| {
+        let field = |name: &str, external: bool, case_sensitive: bool| {
+            json!({"name": name, "type": if name == "Id" { "id" } else { "string" },
+                   "externalId": external, "unique": external, "caseSensitive": case_sensitive,
+                   "idLookup": external || name == "Id"})
+        };
+        HttpResponse::Ok().json(json!({
+            "name": "Contact",
+            "fields": [
+                field("Id", false, false),
+                field("FirstName", false, false),
+                field("LastName", false, false),
+                field("Email", false, false),
+                field(EXTERNAL_ID_FIELD, true, !inner.case_insensitive),
+            ]
+        }))
+    })
 }
 
 /// `GET .../sobjects/Contact/{field}/{value}`: the live contact the external id matches.
@@ -390,12 +377,8 @@ async fn get_by_external_id(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> HttpResponse {
-    if let Err(response) = admit(&state, &req) {
-        return with_limit(&state, &req, response);
-    }
     let (_, field, value) = path.into_inner();
-    let response = {
-        let inner = state.inner.lock().unwrap();
+    respond(&state, &req, |inner| {
         let contact = inner
             .matching(&value)
             .and_then(|key| inner.contacts.get(&key))
@@ -413,6 +396,5 @@ async fn get_by_external_id(
                 &[],
             ),
         }
-    };
-    with_limit(&state, &req, response)
+    })
 }

@@ -173,3 +173,115 @@ async fn upsert_creates_then_updates_and_delete_is_by_external_id() {
         .unwrap();
     assert_eq!(expired.status(), 401);
 }
+
+async fn bearer(client: &reqwest::Client, base: &str) -> String {
+    let tok: Value = token(client, base, CLIENT_ID, CLIENT_SECRET)
+        .await
+        .json()
+        .await
+        .unwrap();
+    tok["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_update_blanking_last_name_is_refused_and_the_org_keeps_answering() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let client = reqwest::Client::new();
+    let base = sandbox.base_url();
+    let bearer = bearer(&client, &base).await;
+    let upsert = |body: Value| {
+        let request = client
+            .patch(contact_url(&base, "c-1"))
+            .bearer_auth(&bearer)
+            .json(&body);
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(10), request.send())
+                .await
+                .expect("the org answers")
+                .unwrap()
+        }
+    };
+    assert_eq!(upsert(json!({"LastName": "Lovelace"})).await.status(), 201);
+    let blank = upsert(json!({"LastName": " "})).await;
+    assert_eq!(blank.status(), 400);
+    assert_eq!(
+        blank.json::<Value>().await.unwrap()[0]["errorCode"],
+        "REQUIRED_FIELD_MISSING"
+    );
+    assert_eq!(upsert(json!({"FirstName": "Ada"})).await.status(), 200);
+    let contacts = sandbox.salesforce().contacts();
+    assert_eq!(contacts[0].last_name, "Lovelace");
+    assert_eq!(contacts[0].first_name.as_deref(), Some("Ada"));
+}
+
+#[tokio::test]
+async fn a_case_insensitive_org_matches_ids_ignoring_case_and_describes_it() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let client = reqwest::Client::new();
+    let base = sandbox.base_url();
+    let bearer = bearer(&client, &base).await;
+    let describe = || async {
+        let body: Value = client
+            .get(format!(
+                "{base}/services/data/v66.0/sobjects/Contact/describe"
+            ))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "Customer_Id__c")
+            .unwrap()["caseSensitive"]
+            .clone()
+    };
+    assert_eq!(describe().await, true);
+    sandbox.salesforce().set_case_insensitive(true);
+    assert_eq!(describe().await, false);
+
+    let created = client
+        .patch(contact_url(&base, "Ada-1"))
+        .bearer_auth(&bearer)
+        .json(&json!({"LastName": "Lovelace"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let read: Value = client
+        .get(contact_url(&base, "ada-1"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["Customer_Id__c"], "Ada-1", "the value first written");
+    let merged = client
+        .patch(contact_url(&base, "ada-1"))
+        .bearer_auth(&bearer)
+        .json(&json!({"LastName": "Hopper"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        merged.status(),
+        200,
+        "matched Ada-1's contact, as Salesforce would"
+    );
+    let contacts = sandbox.salesforce().contacts();
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0].external_id, "Ada-1");
+    let missing = client
+        .get(contact_url(&base, "bob"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
