@@ -455,3 +455,56 @@ async fn a_consumer_never_holds_more_leases_than_it_has_permits() {
     assert!(most <= 2, "{most} tasks leased with 2 permits");
     consumer.shutdown().await;
 }
+
+/// Issue 19's first fault: a create reached Stripe and committed but its answer was lost
+/// (the task keeps its key for the retry), and the webhook echo, delayed, linked the
+/// customer before the retry ran. The retry then finds the link and updates the customer:
+/// under the create's own key Stripe would refuse it (a key first used on
+/// `POST /v1/customers` cannot go to `POST /v1/customers/cus_...`) and the task would die.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_a_lost_answer_and_a_delayed_echo_updates_under_a_key_of_its_own() {
+    let stack = crate::helpers::stack_with(SandboxConfig::default(), true).await;
+    stack.sandbox.pause_webhooks();
+    let created = stack.create("c-1", "Ada", "ada@example.com").await;
+    let task = created["tasks"][0]["id"].as_str().unwrap().to_owned();
+    // The first attempt, as it reached Stripe under the task's key; its answer was lost.
+    let key = format!("customer-sync-{task}");
+    let form = &[
+        ("name", "Ada"),
+        ("email", "ada@example.com"),
+        ("metadata[customer_sync_id]", "c-1"),
+    ];
+    assert_eq!(stack.stripe_create_with_key(&key, form).await, 200);
+    // Meanwhile the customer changes, and the delayed echo links it.
+    stack
+        .patch("c-1", serde_json::json!({"name": "Ada Lovelace"}))
+        .await;
+    stack.sandbox.resume_webhooks();
+    eventually("the echo to link the customer", WAIT, || async {
+        let c = stack.api.customer("c-1").await;
+        c["links"][0]["external_id"].is_string().then_some(())
+    })
+    .await;
+
+    let consumer = stack.consumer().await;
+    stack.drained(2).await;
+    let task = stack.api.task(&task).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["attempts"], 1);
+    assert_exactly_once(&stack, 1);
+    let refused = stack
+        .sandbox
+        .request_log()
+        .iter()
+        .filter(|r| r.status == 400)
+        .count();
+    assert_eq!(refused, 0, "no key was refused");
+    let ada = stack
+        .sandbox
+        .customers()
+        .into_iter()
+        .find(|c| !c.deleted)
+        .unwrap();
+    assert_eq!(ada.name.as_deref(), Some("Ada Lovelace"));
+    consumer.shutdown().await;
+}
