@@ -50,6 +50,10 @@ enum Scenario {
         /// created beforehand (untimed) instead of creates
         #[arg(long)]
         updates: bool,
+        /// Send each request with an Idempotency-Key of its own (what the server's
+        /// idempotency store costs)
+        #[arg(long)]
+        idempotency_keys: bool,
     },
     /// Webhook ingest: distinct pre-signed customer.created events at full speed
     Webhooks {
@@ -125,7 +129,17 @@ async fn main() -> anyhow::Result<()> {
             duration,
             rate,
             updates,
-        } => api(connections, Duration::from_secs(duration), rate, updates).await,
+            idempotency_keys,
+        } => {
+            api(
+                connections,
+                Duration::from_secs(duration),
+                rate,
+                updates,
+                idempotency_keys,
+            )
+            .await
+        }
         Scenario::Webhooks {
             connections,
             events,
@@ -166,6 +180,7 @@ async fn api(
     duration: Duration,
     rate: Option<u64>,
     updates: bool,
+    idempotency_keys: bool,
 ) -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     if updates {
@@ -199,9 +214,13 @@ async fn api(
         let mut connection = http::Connection::new(&stack.base_url);
         let authorization = authorization.clone();
         workers.push(tokio::spawn(async move {
-            let headers = [("Authorization", authorization.as_str())];
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
+                let key = format!("bench-{n}");
+                let mut headers = vec![("Authorization", authorization.as_str())];
+                if idempotency_keys {
+                    headers.push(("Idempotency-Key", key.as_str()));
+                }
                 let due = due_time(n);
                 if due >= deadline {
                     break;

@@ -88,7 +88,7 @@ pub async fn once_per_key(
     let begun = {
         let keyed = keyed.clone();
         state
-            .db(move |conn| Ok(idempotency::begin(conn, &keyed, RUNNING_FOR)?))
+            .keys(move |conn| Ok(idempotency::begin(conn, &keyed, RUNNING_FOR)?))
             .await
     };
     let refusal = match begun {
@@ -140,7 +140,7 @@ pub async fn once_per_key(
             body: body.to_vec(),
         };
         if let Err(e) = state
-            .db(move |conn| Ok(idempotency::finish(conn, &keyed, &stored)?))
+            .keys(move |conn| Ok(idempotency::finish(conn, &keyed, &stored)?))
             .await
         {
             // The answer still goes out; a retry finds the key running, then takes it
@@ -170,7 +170,7 @@ fn kept(status: StatusCode) -> bool {
 
 async fn forget(state: &AppState, keyed: Keyed) {
     if let Err(e) = state
-        .db(move |conn| Ok(idempotency::abandon(conn, &keyed)?))
+        .keys(move |conn| Ok(idempotency::abandon(conn, &keyed)?))
         .await
     {
         tracing::warn!(error = %e, "could not release an idempotency key");
