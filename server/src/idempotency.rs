@@ -19,9 +19,14 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+use diesel::Connection;
 use shared::db::idempotency::{self, Begun, Keyed, Stored};
+use shared::db::DbError;
 use shared::domain::CustomerId;
 
+use crate::committers::{CommitFn, GroupCommit};
 use crate::error::ApiError;
 use crate::routes::{read_body_up_to, JSON_LIMIT};
 use crate::startup::AppState;
@@ -35,6 +40,76 @@ pub const MAX_KEY_LEN: usize = 255;
 /// How long a first request may hold its key before a retry of the same request may take
 /// it over (its process died): well past any request's own time limits.
 const RUNNING_FOR: Duration = Duration::from_secs(60);
+
+/// What the keys' committers write.
+pub enum KeyOp {
+    /// Take the key for a request, or say what its first request did.
+    Begin(Keyed),
+    /// Keep the response of a request that took its key.
+    Finish(Keyed, Stored),
+    /// Release the key of a request whose response is not kept.
+    Abandon(Keyed),
+}
+
+/// Group commit for the keys: the requests that arrive while a batch commits are
+/// written together in the next one, a few statements and one commit per batch.
+pub type Keys = GroupCommit<KeyOp, Option<Begun>, DbError>;
+
+/// Committers for the keys: two (as for webhook events).
+const KEY_COMMITTERS: usize = 2;
+
+/// Starts the keys' committers on their own connections.
+pub fn committers(url: &secrecy::SecretString) -> Keys {
+    let commit: Arc<CommitFn<KeyOp, Option<Begun>, DbError>> = Arc::new(|conn, ops| {
+        let conn: &mut diesel::PgConnection = conn;
+        conn.transaction(|conn| {
+            let begins: Vec<&Keyed> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    KeyOp::Begin(keyed) => Some(keyed),
+                    _ => None,
+                })
+                .collect();
+            let finishes: Vec<(&Keyed, &Stored)> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    KeyOp::Finish(keyed, stored) => Some((keyed, stored)),
+                    _ => None,
+                })
+                .collect();
+            let abandons: Vec<&Keyed> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    KeyOp::Abandon(keyed) => Some(keyed),
+                    _ => None,
+                })
+                .collect();
+            let mut begun = if begins.is_empty() {
+                Vec::new()
+            } else {
+                idempotency::begin_many(conn, &begins, RUNNING_FOR)?
+            }
+            .into_iter();
+            if !finishes.is_empty() {
+                idempotency::finish_many(conn, &finishes)?;
+            }
+            if !abandons.is_empty() {
+                idempotency::abandon_many(conn, &abandons)?;
+            }
+            Ok(ops
+                .iter()
+                .map(|op| {
+                    Ok(match op {
+                        KeyOp::Begin(_) => begun.next(),
+                        _ => None,
+                    })
+                })
+                .collect())
+        })
+    });
+    let pool = shared::db::bulk_pool(url, KEY_COMMITTERS as u32);
+    GroupCommit::start(pool, KEY_COMMITTERS, commit)
+}
 
 /// The key a request runs under, for handlers that derive something from it.
 #[derive(Debug, Clone)]
@@ -85,12 +160,11 @@ pub async fn once_per_key(
         .app_data::<web::Data<AppState>>()
         .expect("AppState is registered in startup")
         .clone();
-    let begun = {
-        let keyed = keyed.clone();
-        state
-            .keys(move |conn| Ok(idempotency::begin(conn, &keyed, RUNNING_FOR)?))
-            .await
-    };
+    let begun = state
+        .keys
+        .submit(&keyed.key, KeyOp::Begin(keyed.clone()))
+        .await
+        .map(|begun| begun.unwrap_or(Begun::Running));
     let refusal = match begun {
         Ok(Begun::Run) => None,
         Ok(Begun::Replay(stored)) => return Ok(req.into_response(replay(&keyed.key, stored))),
@@ -139,10 +213,7 @@ pub async fn once_per_key(
                 .map(str::to_owned),
             body: body.to_vec(),
         };
-        if let Err(e) = state
-            .keys(move |conn| Ok(idempotency::finish(conn, &keyed, &stored)?))
-            .await
-        {
+        if let Err(e) = state.keys.submit(&key, KeyOp::Finish(keyed, stored)).await {
             // The answer still goes out; a retry finds the key running, then takes it
             // over once RUNNING_FOR has passed.
             tracing::warn!(error = %e, idempotency_key = %key, "could not store the response under its key");
@@ -169,10 +240,8 @@ fn kept(status: StatusCode) -> bool {
 }
 
 async fn forget(state: &AppState, keyed: Keyed) {
-    if let Err(e) = state
-        .keys(move |conn| Ok(idempotency::abandon(conn, &keyed)?))
-        .await
-    {
+    let key = keyed.key.clone();
+    if let Err(e) = state.keys.submit(&key, KeyOp::Abandon(keyed)).await {
         tracing::warn!(error = %e, "could not release an idempotency key");
     }
 }

@@ -36,8 +36,8 @@ pub struct AppState {
     pub changes: committers::Changes,
     /// Group commit for webhook events.
     pub events: committers::Events,
-    /// Connections for the API's idempotency keys.
-    pub keys: PgPool,
+    /// Group commit for the API's idempotency keys.
+    pub keys: crate::idempotency::Keys,
 }
 
 impl AppState {
@@ -48,15 +48,6 @@ impl AppState {
         F: FnOnce(&mut PgConn) -> Result<T, DbError> + Send + 'static,
     {
         db::run(&self.pool, work).await
-    }
-
-    /// Runs Diesel work on a connection of the idempotency keys' pool.
-    pub async fn keys<T, F>(&self, work: F) -> Result<T, DbError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut PgConn) -> Result<T, DbError> + Send + 'static,
-    {
-        db::run(&self.keys, work).await
     }
 
     /// Announces tasks that are already committed.
@@ -108,7 +99,7 @@ impl Application {
                 &settings.common.database_url,
                 settings.common.enabled_providers(),
             ),
-            keys: db::keys_pool(&settings.common.database_url, 16),
+            keys: crate::idempotency::committers(&settings.common.database_url),
         });
         tokio::spawn(crate::idempotency::prune_forever(
             state.clone(),

@@ -292,3 +292,44 @@ async fn keys_and_bodies_that_cannot_be_kept_are_refused_before_anything_is_writ
     assert!(response.headers().get("idempotent-replayed").is_none());
     assert_eq!(app.count("api_idempotency"), 0);
 }
+
+#[tokio::test]
+async fn concurrent_requests_under_one_key_run_it_once() {
+    let app = spawn_app().await;
+    let body = json!({"name": "Ada", "email": "ada@example.com"});
+    let sends: Vec<_> = (0..32)
+        .map(|_| {
+            app.request(Method::POST, "/api/v1/customers")
+                .header("Idempotency-Key", "k-same")
+                .json(&body)
+                .send()
+        })
+        .collect();
+    let mut ran = 0;
+    for response in futures_util::future::join_all(sends).await {
+        let response = response.unwrap();
+        let replayed = response.headers().get("idempotent-replayed").is_some();
+        match (response.status().as_u16(), replayed) {
+            (202, false) => ran += 1,
+            (202, true) => {}
+            (409, false) => assert_eq!(error_of(response).await.0, "idempotency_key_in_use"),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(ran, 1, "one request ran");
+    assert_eq!(app.counts(), (1, 1));
+
+    // Distinct keys sent together each run.
+    let sends: Vec<_> = (0..32)
+        .map(|i| {
+            app.request(Method::POST, "/api/v1/customers")
+                .header("Idempotency-Key", format!("k-{i}"))
+                .json(&json!({"name": "Ada", "email": format!("a{i}@example.com")}))
+                .send()
+        })
+        .collect();
+    for response in futures_util::future::join_all(sends).await {
+        assert_eq!(response.unwrap().status(), 202);
+    }
+    assert_eq!(app.counts(), (33, 33));
+}

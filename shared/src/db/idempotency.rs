@@ -2,10 +2,11 @@
 //! given, per API token, kept for [`KEPT_FOR`] (README "Retrying a request safely").
 //! Every write to the table is here.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Bytea, Double, Integer, Nullable, SmallInt, Text};
+use diesel::sql_types::{Array, Bytea, Double, Integer, Nullable, SmallInt, Text};
 
 use super::statement::statement;
 
@@ -35,7 +36,7 @@ pub struct Stored {
 /// What a request under a key may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begun {
-    /// The key is ours: run the request, then [`finish`] or [`abandon`] it.
+    /// The key is ours: run the request, then [`finish_many`] or [`abandon_many`] it.
     Run,
     /// The first request under the key was answered: replay its response.
     Replay(Stored),
@@ -46,9 +47,21 @@ pub enum Begun {
 }
 
 #[derive(QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = Bytea)]
+    token_hash: Vec<u8>,
+    #[diesel(sql_type = Text)]
+    key: String,
+}
+
+#[derive(QueryableByName)]
 struct Existing {
-    #[diesel(sql_type = Bool)]
-    same_request: bool,
+    #[diesel(sql_type = Bytea)]
+    token_hash: Vec<u8>,
+    #[diesel(sql_type = Text)]
+    key: String,
+    #[diesel(sql_type = Bytea)]
+    request_hash: Vec<u8>,
     #[diesel(sql_type = Nullable<SmallInt>)]
     status: Option<i16>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -57,91 +70,137 @@ struct Existing {
     body: Option<Vec<u8>>,
 }
 
-/// Takes the key for this request when it is new, older than [`KEPT_FOR`], or left
-/// running past `running_for` by the same request (a process that died mid-request);
-/// otherwise says what the first request under it did.
-pub fn begin(conn: &mut PgConnection, keyed: &Keyed, running_for: Duration) -> QueryResult<Begun> {
-    for _ in 0..2 {
-        let taken = statement(
-            "INSERT INTO api_idempotency (token_hash, key, request_hash, running_until) \
-               VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
-             ON CONFLICT (token_hash, key) DO UPDATE SET request_hash = excluded.request_hash, \
-               status = NULL, content_type = NULL, body = NULL, \
-               running_until = excluded.running_until, created_at = now() \
-             WHERE api_idempotency.created_at < now() - make_interval(secs => $5) \
-               OR (api_idempotency.status IS NULL AND api_idempotency.running_until < now() \
-                   AND api_idempotency.request_hash = excluded.request_hash)",
+/// For each request, in order: takes its key when it is new, older than [`KEPT_FOR`], or
+/// left running past `running_for` by the same request (a process that died
+/// mid-request); otherwise says what the first request under it did. Three statements
+/// whatever the number; a key given twice is taken by its first request only.
+pub fn begin_many(
+    conn: &mut PgConnection,
+    requests: &[&Keyed],
+    running_for: Duration,
+) -> QueryResult<Vec<Begun>> {
+    let mut seen = HashSet::new();
+    let first: Vec<&Keyed> = requests
+        .iter()
+        .copied()
+        .filter(|k| seen.insert((&k.token_hash, &k.key)))
+        .collect();
+    let taken: HashSet<(Vec<u8>, String)> = statement(
+        "INSERT INTO api_idempotency (token_hash, key, request_hash, running_until) \
+         SELECT t.token_hash, t.key, t.request_hash, now() + make_interval(secs => $1) \
+           FROM unnest($2::bytea[], $3::text[], $4::bytea[]) AS t(token_hash, key, request_hash) \
+         ON CONFLICT (token_hash, key) DO UPDATE SET request_hash = excluded.request_hash, \
+           status = NULL, content_type = NULL, body = NULL, \
+           running_until = excluded.running_until, created_at = now() \
+         WHERE api_idempotency.created_at < now() - make_interval(secs => $5) \
+           OR (api_idempotency.status IS NULL AND api_idempotency.running_until < now() \
+               AND api_idempotency.request_hash = excluded.request_hash) \
+         RETURNING token_hash, key",
+    )
+    .bind::<Double, _>(running_for.as_secs_f64())
+    .bind::<Array<Bytea>, _>(first.iter().map(|k| &k.token_hash).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(first.iter().map(|k| &k.key).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(first.iter().map(|k| &k.request_hash).collect::<Vec<_>>())
+    .bind::<Double, _>(KEPT_FOR.as_secs_f64())
+    .load::<Taken>(conn)?
+    .into_iter()
+    .map(|t| (t.token_hash, t.key))
+    .collect();
+    let others: Vec<&&Keyed> = first
+        .iter()
+        .filter(|k| !taken.contains(&(k.token_hash.clone(), k.key.clone())))
+        .collect();
+    let existing: HashMap<(Vec<u8>, String), Existing> = if others.is_empty() {
+        HashMap::new()
+    } else {
+        statement(
+            "SELECT a.token_hash, a.key, a.request_hash, a.status, a.content_type, a.body \
+             FROM api_idempotency a \
+             JOIN unnest($1::bytea[], $2::text[]) AS t(token_hash, key) \
+               ON a.token_hash = t.token_hash AND a.key = t.key",
         )
-        .bind::<Bytea, _>(&keyed.token_hash)
-        .bind::<Text, _>(&keyed.key)
-        .bind::<Bytea, _>(&keyed.request_hash)
-        .bind::<Double, _>(running_for.as_secs_f64())
-        .bind::<Double, _>(KEPT_FOR.as_secs_f64())
-        .execute(conn)?;
-        if taken == 1 {
-            return Ok(Begun::Run);
-        }
-        let existing: Option<Existing> = statement(
-            "SELECT request_hash = $1 AS same_request, status, content_type, body \
-             FROM api_idempotency WHERE token_hash = $2 AND key = $3",
-        )
-        .bind::<Bytea, _>(&keyed.request_hash)
-        .bind::<Bytea, _>(&keyed.token_hash)
-        .bind::<Text, _>(&keyed.key)
-        .get_result(conn)
-        .optional()?;
-        // Gone between the two statements (pruned, or abandoned by its request): try again.
-        let Some(existing) = existing else { continue };
-        return Ok(match existing {
-            Existing {
-                same_request: false,
-                ..
-            } => Begun::OtherRequest,
-            Existing {
-                status: Some(status),
-                content_type,
-                body,
-                ..
-            } => Begun::Replay(Stored {
-                status,
-                content_type,
-                body: body.unwrap_or_default(),
-            }),
-            Existing { status: None, .. } => Begun::Running,
-        });
-    }
-    Ok(Begun::Running)
+        .bind::<Array<Bytea>, _>(others.iter().map(|k| &k.token_hash).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(others.iter().map(|k| &k.key).collect::<Vec<_>>())
+        .load::<Existing>(conn)?
+        .into_iter()
+        .map(|e| ((e.token_hash.clone(), e.key.clone()), e))
+        .collect()
+    };
+    let mut answered = HashSet::new();
+    Ok(requests
+        .iter()
+        .map(|k| {
+            let id = (k.token_hash.clone(), k.key.clone());
+            if taken.contains(&id) && answered.insert(id.clone()) {
+                return Begun::Run;
+            }
+            match existing.get(&id) {
+                Some(e) if e.request_hash != k.request_hash => Begun::OtherRequest,
+                Some(Existing {
+                    status: Some(status),
+                    content_type,
+                    body,
+                    ..
+                }) => Begun::Replay(Stored {
+                    status: *status,
+                    content_type: content_type.clone(),
+                    body: body.clone().unwrap_or_default(),
+                }),
+                // Still running, taken by an earlier request of this batch, or gone
+                // (pruned or abandoned) since: retry later.
+                _ => Begun::Running,
+            }
+        })
+        .collect())
 }
 
-/// Stores the response of the request that [`begin`] let run.
-pub fn finish(conn: &mut PgConnection, keyed: &Keyed, response: &Stored) -> QueryResult<bool> {
+/// Stores the responses of requests that [`begin_many`] let run; one statement.
+pub fn finish_many(conn: &mut PgConnection, answered: &[(&Keyed, &Stored)]) -> QueryResult<usize> {
     statement(
-        "UPDATE api_idempotency SET status = $1, content_type = $2, body = $3, \
-           running_until = NULL \
-         WHERE token_hash = $4 AND key = $5 AND request_hash = $6 AND status IS NULL",
+        "UPDATE api_idempotency a SET status = t.status, content_type = t.content_type, \
+           body = t.body, running_until = NULL \
+         FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::bytea[]) \
+           AS t(token_hash, key, request_hash, status, content_type, body) \
+         WHERE a.token_hash = t.token_hash AND a.key = t.key \
+           AND a.request_hash = t.request_hash AND a.status IS NULL",
     )
-    .bind::<SmallInt, _>(response.status)
-    .bind::<Nullable<Text>, _>(response.content_type.as_deref())
-    .bind::<Bytea, _>(&response.body)
-    .bind::<Bytea, _>(&keyed.token_hash)
-    .bind::<Text, _>(&keyed.key)
-    .bind::<Bytea, _>(&keyed.request_hash)
+    .bind::<Array<Bytea>, _>(
+        answered
+            .iter()
+            .map(|(k, _)| &k.token_hash)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(answered.iter().map(|(k, _)| &k.key).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(
+        answered
+            .iter()
+            .map(|(k, _)| &k.request_hash)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<SmallInt>, _>(answered.iter().map(|(_, s)| s.status).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        answered
+            .iter()
+            .map(|(_, s)| s.content_type.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Bytea>, _>(answered.iter().map(|(_, s)| &s.body).collect::<Vec<_>>())
     .execute(conn)
-    .map(|n| n == 1)
 }
 
-/// Forgets the key of a request that [`begin`] let run and whose answer is not kept (a
-/// validation failure or a 5xx): a retry under the key runs again.
-pub fn abandon(conn: &mut PgConnection, keyed: &Keyed) -> QueryResult<bool> {
+/// Forgets the keys of requests that [`begin_many`] let run and whose answers are not
+/// kept (a validation failure or a 5xx): a retry under the key runs again. One statement.
+pub fn abandon_many(conn: &mut PgConnection, requests: &[&Keyed]) -> QueryResult<usize> {
     statement(
-        "DELETE FROM api_idempotency \
-         WHERE token_hash = $1 AND key = $2 AND request_hash = $3 AND status IS NULL",
+        "DELETE FROM api_idempotency a \
+         USING unnest($1::bytea[], $2::text[], $3::bytea[]) AS t(token_hash, key, request_hash) \
+         WHERE a.token_hash = t.token_hash AND a.key = t.key \
+           AND a.request_hash = t.request_hash AND a.status IS NULL",
     )
-    .bind::<Bytea, _>(&keyed.token_hash)
-    .bind::<Text, _>(&keyed.key)
-    .bind::<Bytea, _>(&keyed.request_hash)
+    .bind::<Array<Bytea>, _>(requests.iter().map(|k| &k.token_hash).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(requests.iter().map(|k| &k.key).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(requests.iter().map(|k| &k.request_hash).collect::<Vec<_>>())
     .execute(conn)
-    .map(|n| n == 1)
 }
 
 /// Removes up to `limit` keys older than [`KEPT_FOR`]; returns how many.

@@ -77,18 +77,6 @@ pub fn bulk_pool(url: &SecretString, max_size: u32) -> PgPool {
         .build_unchecked(ConnectionManager::new(effective_url(url.expose_secret())))
 }
 
-/// A pool for the API's idempotency keys (`idempotency`), whose connections are not
-/// tested with a round trip at each checkout: a key's statements are two short ones per
-/// request, and the test doubled their round trips (a keyed create measured 3,000/s with
-/// it and 4,000/s without, `BENCHMARKS.md`). A connection PostgreSQL dropped fails one
-/// statement (that request answers 503 and keeps nothing), and diesel then reports it
-/// broken so the pool discards it. Call it after [`connect`].
-pub fn keys_pool(url: &SecretString, max_size: u32) -> PgPool {
-    pool_builder(max_size)
-        .test_on_check_out(false)
-        .build_unchecked(ConnectionManager::new(effective_url(url.expose_secret())))
-}
-
 fn pool_builder(max_size: u32) -> diesel::r2d2::Builder<ConnectionManager<PgConnection>> {
     Pool::builder()
         .max_size(max_size)
