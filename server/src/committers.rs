@@ -247,7 +247,7 @@ where
             // it): drop it and write the batch on one the pool has just tested. Every
             // item is safe to write again (a create of a taken id with the same fields
             // is a retry, an update or delete to the state held is a no-op, an event id
-            // seen is a duplicate).
+            // seen is a duplicate, an idempotency key taken is answered as in use).
             tracing::warn!(
                 "a committer's connection had failed while idle; writing the batch on a new one"
             );

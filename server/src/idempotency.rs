@@ -10,6 +10,7 @@
 //! before its answer was lost (a 503 after the commit, a timeout) is found again by its
 //! retry rather than made twice.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::body::{self, BoxBody, MessageBody};
@@ -18,10 +19,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
-use sha2::{Digest, Sha256};
-use std::sync::Arc;
-
 use diesel::Connection;
+use sha2::{Digest, Sha256};
 use shared::db::idempotency::{self, Begun, Keyed, Stored};
 use shared::db::DbError;
 use shared::domain::CustomerId;
