@@ -41,6 +41,9 @@ pub struct SalesforceState {
 #[derive(Default)]
 struct Inner {
     contacts: BTreeMap<String, Contact>,
+    /// A Contact to create right after the next read by external id is answered, as a
+    /// concurrent writer would (tests of the race between a look-up and an upsert).
+    after_next_lookup: Option<(String, String)>,
     /// The external id field matches values ignoring case (Salesforce's default for a
     /// unique text field; README "Connecting Salesforce" says to tick "case sensitive").
     case_insensitive: bool,
@@ -68,6 +71,13 @@ impl SalesforceState {
     /// "case sensitive" unticked does; the contacts keep the value first written.
     pub fn set_case_insensitive(&self, insensitive: bool) {
         self.inner.lock().unwrap().case_insensitive = insensitive;
+    }
+
+    /// Creates a Contact (`external_id`, `last_name`) right after the next read by
+    /// external id is answered, as another writer between a look-up and an upsert would.
+    pub fn create_after_next_lookup(&self, external_id: &str, last_name: &str) {
+        self.inner.lock().unwrap().after_next_lookup =
+            Some((external_id.to_owned(), last_name.to_owned()));
     }
 
     /// Invalidates every issued token: the next call gets 401 `INVALID_SESSION_ID`.
@@ -383,7 +393,7 @@ async fn get_by_external_id(
             .matching(&value)
             .and_then(|key| inner.contacts.get(&key))
             .filter(|c| !c.deleted);
-        match contact {
+        let answer = match contact {
             Some(c) => HttpResponse::Ok().json(json!({
                 "attributes": {"type": "Contact", "url": format!("/services/data/v60.0/sobjects/Contact/{}", c.id)},
                 "Id": c.id, field: c.external_id, "FirstName": c.first_name,
@@ -395,6 +405,22 @@ async fn get_by_external_id(
                 "The requested resource does not exist",
                 &[],
             ),
+        };
+        if let Some((external_id, last_name)) = inner.after_next_lookup.take() {
+            inner.next_id += 1;
+            let id = format!("003SB{:013}", inner.next_id);
+            inner.contacts.insert(
+                external_id.clone(),
+                Contact {
+                    id,
+                    external_id,
+                    first_name: None,
+                    last_name,
+                    email: None,
+                    deleted: false,
+                },
+            );
         }
+        answer
     })
 }

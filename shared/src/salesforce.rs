@@ -370,11 +370,15 @@ impl SalesforceClient {
         linked: Option<&str>,
     ) -> Result<Option<String>, SalesforceError> {
         let case_sensitive = self.external_id_case_sensitive().await?;
+        // Whether the first push found no Contact for this id before it upserted.
+        let mut found_none = false;
         if !case_sensitive && linked.is_none() {
-            if let Some((contact, stored)) = self.matching_contact(local_id).await? {
-                if stored != local_id {
+            match self.matching_contact(local_id).await? {
+                Some((contact, stored)) if stored != local_id => {
                     return Err(self.case_collision(local_id, &contact, &stored));
                 }
+                Some(_) => {}
+                None => found_none = true,
             }
         }
         let (first, last) = split_name(name);
@@ -388,9 +392,20 @@ impl SalesforceClient {
             .await?;
         // 201 and (API 46.0+) 200 carry the id; older versions answer 204 without a body.
         let result = serde_json::from_slice::<UpsertResult>(&response).ok();
-        if let (false, Some(linked), Some(result)) = (case_sensitive, linked, &result) {
-            if result.created == Some(false) && result.id != linked {
-                tracing::error!(contact = %result.id, linked, "an upsert reached another customer's Contact");
+        if let (false, Some(result)) = (case_sensitive, &result) {
+            // An update of a Contact that is not the linked one, or of one that did not
+            // exist a moment ago: a case variant's first push got there in between.
+            let elsewhere = match linked {
+                Some(linked) => result.id != linked,
+                // Another attempt of this same task may have made it meanwhile: look.
+                None if found_none && result.created == Some(false) => !matches!(
+                    self.matching_contact(local_id).await?,
+                    Some((_, stored)) if stored == local_id
+                ),
+                None => false,
+            };
+            if result.created == Some(false) && elsewhere {
+                tracing::error!(contact = %result.id, ?linked, "an upsert reached another customer's Contact");
                 return Err(self.case_collision(local_id, &result.id, "another customer's id"));
             }
         }

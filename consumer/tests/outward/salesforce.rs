@@ -344,3 +344,31 @@ async fn ids_differing_only_in_case_each_get_a_contact_when_the_field_is_case_se
     assert_eq!(gets, 0);
     consumer.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_case_variant_created_between_the_look_up_and_the_upsert_is_refused() {
+    use shared::salesforce::{SalesforceClient, SalesforceError, CASE_COLLISION};
+    let stack = stack_full(SandboxConfig::default(), false, true).await;
+    let settings = stack.consumer_settings();
+    let client = SalesforceClient::new(settings.common.salesforce.as_ref().unwrap()).unwrap();
+    let org = stack.sandbox.salesforce();
+    org.set_case_insensitive(true);
+
+    // Another customer's first push lands between our look-up and our upsert.
+    org.create_after_next_lookup("Ada-1", "Lovelace");
+    let refused = client
+        .upsert_contact("ada-1", "Grace Hopper", "grace@example.com", None)
+        .await;
+    assert!(
+        matches!(&refused, Err(SalesforceError::Api { code, .. }) if code == CASE_COLLISION),
+        "{refused:?}"
+    );
+
+    // Another attempt of our own push lands there: ours, no refusal.
+    org.create_after_next_lookup("bob-1", "Bob");
+    let id = client
+        .upsert_contact("bob-1", "Bob Builder", "bob@example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(id, contact(&stack, "bob-1").map(|c| c.id));
+}
