@@ -136,15 +136,21 @@ impl InvoiceItem {
             "amount": self.amount,
             "currency": self.currency,
             "customer": self.customer,
+            "customer_account": null,
             "date": self.created,
             "description": self.description,
             "discountable": true,
+            "discounts": [],
             "invoice": self.invoice,
             "livemode": false,
             "metadata": self.metadata,
+            "parent": null,
             "period": {"end": self.created, "start": self.created},
+            "pricing": {"type": "price_details", "unit_amount_decimal": self.amount.to_string()},
             "proration": false,
             "quantity": 1,
+            "quantity_decimal": "1",
+            "tax_rates": [],
             "test_clock": null
         })
     }
@@ -165,6 +171,7 @@ impl InvoiceItem {
             "metadata": self.metadata,
             "period": {"end": self.created, "start": self.created},
             "quantity": 1,
+            "quantity_decimal": "1",
             "subscription": null,
             "parent": {
                 "type": "invoice_item_details",

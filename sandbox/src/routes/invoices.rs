@@ -302,6 +302,44 @@ pub fn retrieve(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> 
     Ok(invoice_json(store, id))
 }
 
+/// `GET /v1/invoices/{id}/lines`: the invoice's lines in its order, a page at a time
+/// (where every invoice's `lines.url` points).
+pub fn lines(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> {
+    p.allow(&["limit", "starting_after", "ending_before", "expand"])?;
+    let limit = super::page_limit(p)?;
+    let lines: Vec<Value> = existing(store, id)?
+        .items
+        .iter()
+        .filter_map(|item| store.invoice_items.get(item))
+        .map(InvoiceItem::line_json)
+        .collect();
+    let index = |param: &str| -> Result<Option<usize>, ApiError> {
+        p.str(param)?
+            .map(|cursor| {
+                lines
+                    .iter()
+                    .position(|line| line["id"] == cursor)
+                    .ok_or_else(|| ApiError::no_such("line_item", cursor, param))
+            })
+            .transpose()
+    };
+    let (from, to, has_more) = match (index("starting_after")?, index("ending_before")?) {
+        (Some(_), Some(_)) => return Err(super::both_cursors()),
+        (Some(after), None) => {
+            let to = (after + 1 + limit).min(lines.len());
+            (after + 1, to, to < lines.len())
+        }
+        (None, Some(before)) => (before.saturating_sub(limit), before, before > limit),
+        (None, None) => (0, limit.min(lines.len()), lines.len() > limit),
+    };
+    Ok(json!({
+        "object": "list",
+        "data": &lines[from..to],
+        "has_more": has_more,
+        "url": format!("/v1/invoices/{id}/lines"),
+    }))
+}
+
 pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
     p.allow(&["description", "metadata", "auto_advance", "expand"])?;
     let description = nullable(p, "description")?;

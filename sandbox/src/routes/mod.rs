@@ -30,6 +30,7 @@ pub enum Route {
     UpdateInvoice(String),
     DeleteInvoice(String),
     InvoiceAction(String, invoices::Action),
+    ListInvoiceLines(String),
     ListEvents,
     RetrieveEvent(String),
 }
@@ -53,6 +54,7 @@ impl Route {
             ("GET", ["v1", "invoices", i]) => Self::RetrieveInvoice(id(i)),
             ("POST", ["v1", "invoices", i]) => Self::UpdateInvoice(id(i)),
             ("DELETE", ["v1", "invoices", i]) => Self::DeleteInvoice(id(i)),
+            ("GET", ["v1", "invoices", i, "lines"]) => Self::ListInvoiceLines(id(i)),
             ("POST", ["v1", "invoices", i, action]) => {
                 Self::InvoiceAction(id(i), invoices::Action::parse(action)?)
             }
@@ -72,6 +74,7 @@ impl Route {
                 | Self::RetrieveInvoiceItem(_)
                 | Self::ListInvoices
                 | Self::RetrieveInvoice(_)
+                | Self::ListInvoiceLines(_)
                 | Self::ListEvents
                 | Self::RetrieveEvent(_)
         )
@@ -94,10 +97,29 @@ impl Route {
             Self::UpdateInvoice(id) => invoices::update(store, id, p, cause),
             Self::DeleteInvoice(id) => invoices::delete(store, id, p, cause),
             Self::InvoiceAction(id, action) => invoices::act(store, id, *action, p, cause),
+            Self::ListInvoiceLines(id) => invoices::lines(store, id, p),
             Self::ListEvents => events::list(store, p),
             Self::RetrieveEvent(id) => events::retrieve(store, id, p),
         }
     }
+}
+
+/// A list's `limit`: 10 by default, 1 to 100.
+pub fn page_limit(p: &Params) -> Result<usize, ApiError> {
+    match p.int("limit")? {
+        None => Ok(10),
+        Some(n @ 1..=100) => Ok(n as usize),
+        Some(_) => Err(
+            ApiError::invalid("Invalid limit: must be an integer between 1 and 100").param("limit"),
+        ),
+    }
+}
+
+/// The one error for a list given both cursors.
+pub fn both_cursors() -> ApiError {
+    ApiError::invalid(
+        "You may only specify one of these parameters: starting_after, ending_before.",
+    )
 }
 
 /// One page of a newest-first list in Stripe's shape `{object, data, has_more, url}`.
@@ -118,16 +140,7 @@ pub fn page<'a, T>(
     url: &str,
     resource: &str,
 ) -> Result<Value, ApiError> {
-    let limit = match p.int("limit")? {
-        None => 10,
-        Some(n @ 1..=100) => n as usize,
-        Some(_) => {
-            return Err(
-                ApiError::invalid("Invalid limit: must be an integer between 1 and 100")
-                    .param("limit"),
-            )
-        }
-    };
+    let limit = page_limit(p)?;
     let position = |param: &str| -> Result<Option<i64>, ApiError> {
         match p.str(param)? {
             None => Ok(None),
@@ -138,11 +151,7 @@ pub fn page<'a, T>(
         }
     };
     let start = match (position("starting_after")?, position("ending_before")?) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "You may only specify one of these parameters: starting_after, ending_before.",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(both_cursors()),
         (Some(after), None) => Start::OlderThan(after),
         (None, Some(before)) => Start::NewerThan(before),
         (None, None) => Start::Newest,

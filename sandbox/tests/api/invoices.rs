@@ -268,3 +268,157 @@ async fn updating_an_invoice_emits_invoice_updated_with_the_previous_values() {
     let metadata = stripe.post(&path, &[("metadata[order]", "43")]).await;
     assert_eq!(metadata.status, 200, "metadata can always change");
 }
+
+/// The properties Stripe's OpenAPI description requires of each object
+/// (`../shared/reference/stripe-openapi/spec3.json`, `components.schemas.*.required`).
+const INVOICEITEM_REQUIRED: &[&str] = &[
+    "amount",
+    "currency",
+    "customer",
+    "customer_account",
+    "date",
+    "description",
+    "discountable",
+    "discounts",
+    "id",
+    "invoice",
+    "livemode",
+    "metadata",
+    "object",
+    "parent",
+    "period",
+    "pricing",
+    "proration",
+    "quantity",
+    "quantity_decimal",
+    "tax_rates",
+    "test_clock",
+];
+const LINE_ITEM_REQUIRED: &[&str] = &[
+    "amount",
+    "currency",
+    "description",
+    "discount_amounts",
+    "discountable",
+    "discounts",
+    "id",
+    "invoice",
+    "livemode",
+    "metadata",
+    "object",
+    "parent",
+    "period",
+    "pretax_credit_amounts",
+    "pricing",
+    "quantity",
+    "quantity_decimal",
+    "subscription",
+    "subtotal",
+    "taxes",
+];
+
+fn missing<'a>(object: &serde_json::Value, required: &[&'a str]) -> Vec<&'a str> {
+    required
+        .iter()
+        .copied()
+        .filter(|k| object.get(k).is_none())
+        .collect()
+}
+
+#[tokio::test]
+async fn invoice_items_and_lines_carry_every_property_stripe_requires() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let invoice = draft_with_amount(&stripe, &customer, "1500").await;
+    let line = &invoice.body["lines"]["data"][0];
+    assert_eq!(missing(line, LINE_ITEM_REQUIRED), Vec::<&str>::new());
+    assert_eq!(line["quantity_decimal"], "1");
+    let items = stripe
+        .get(&format!("/v1/invoiceitems?invoice={}", invoice.id()))
+        .await;
+    let item = &items.body["data"][0];
+    assert_eq!(missing(item, INVOICEITEM_REQUIRED), Vec::<&str>::new());
+    assert_eq!(
+        (
+            &item["tax_rates"],
+            &item["discounts"],
+            &item["pricing"]["type"]
+        ),
+        (
+            &serde_json::json!([]),
+            &serde_json::json!([]),
+            &serde_json::json!("price_details")
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_invoice_s_lines_url_lists_its_lines_a_page_at_a_time() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let draft = stripe
+        .post("/v1/invoices", &[("customer", &customer)])
+        .await;
+    for amount in ["100", "200", "300"] {
+        let item = stripe
+            .post(
+                "/v1/invoiceitems",
+                &[
+                    ("customer", customer.as_str()),
+                    ("amount", amount),
+                    ("currency", "usd"),
+                    ("invoice", &draft.id()),
+                ],
+            )
+            .await;
+        assert_eq!(item.status, 200);
+    }
+    let invoice = stripe.get(&format!("/v1/invoices/{}", draft.id())).await;
+    let url = invoice.body["lines"]["url"].as_str().unwrap().to_owned();
+    let all = stripe.get(&url).await;
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    assert_eq!(all.body["object"], "list");
+    assert_eq!(all.body["url"], url.as_str());
+    assert_eq!(all.body["data"], invoice.body["lines"]["data"]);
+    assert_eq!(all.body["has_more"], false);
+
+    let first = stripe.get(&format!("{url}?limit=2")).await;
+    let amounts = |answer: &crate::helpers::Answer| -> Vec<i64> {
+        answer.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["amount"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        (amounts(&first), &first.body["has_more"]),
+        (vec![100, 200], &true.into())
+    );
+    let second_id = first.body["data"][1]["id"].as_str().unwrap();
+    let rest = stripe
+        .get(&format!("{url}?limit=2&starting_after={second_id}"))
+        .await;
+    assert_eq!(
+        (amounts(&rest), &rest.body["has_more"]),
+        (vec![300], &false.into())
+    );
+    let third_id = rest.body["data"][0]["id"].as_str().unwrap();
+    let before = stripe
+        .get(&format!("{url}?limit=1&ending_before={third_id}"))
+        .await;
+    assert_eq!(
+        (amounts(&before), &before.body["has_more"]),
+        (vec![200], &true.into())
+    );
+
+    let unknown = stripe.get(&format!("{url}?starting_after=il_nope")).await;
+    assert_eq!(unknown.status, 404);
+    let bad = stripe.get(&format!("{url}?limit=0")).await;
+    assert_eq!(bad.status, 400);
+    let nowhere = stripe.get("/v1/invoices/in_nope/lines").await;
+    assert_eq!(
+        (nowhere.status, nowhere.error().1),
+        (404, "resource_missing")
+    );
+}
