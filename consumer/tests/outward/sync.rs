@@ -392,3 +392,52 @@ async fn a_dead_create_retried_after_the_customer_was_deleted_makes_no_stripe_cu
     assert_eq!(made, 0);
     assert!(stack.sandbox.customers().is_empty());
 }
+
+/// An invoice read with its customer expanded (Stripe's `expand[]=customer`) lands in the
+/// catalogue linked like one that names the customer by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_with_its_customer_expanded_lands_in_the_catalogue_linked() {
+    use shared::stripe::Invoice;
+    let stack = stack(SandboxConfig::default()).await;
+    let consumer = stack.consumer().await;
+    stack.create("c-1", "Ada", "ada@example.com").await;
+    stack.drained(1).await;
+    let cus = stack.sandbox_ids_by_local_id()["c-1"][0].clone();
+    let invoice = stack
+        .sandbox
+        .dashboard(reqwest::Method::POST, "/v1/invoices", &[("customer", &cus)])
+        .await;
+    let raw: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/invoices/{}?expand[]=customer",
+            stack.sandbox.base_url(),
+            invoice["id"].as_str().unwrap()
+        ))
+        .bearer_auth("sk_test_reader")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(raw["customer"].is_object(), "{raw}");
+    let parsed: Invoice = serde_json::from_value(raw).unwrap();
+    assert_eq!(parsed.customer_id().as_deref(), Some(cus.as_str()));
+    let mut conn = stack.db.connect();
+    let stored = shared::inbound::store_invoices(
+        &mut conn,
+        &[(&parsed, parsed.status.as_deref())],
+        chrono::Utc::now().timestamp(),
+    )
+    .unwrap();
+    assert_eq!(stored, 1);
+    let listed = stack
+        .api
+        .get("/api/v1/invoices?customer_id=c-1")
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(listed["invoices"][0]["id"], parsed.id.as_str(), "{listed}");
+    consumer.shutdown().await;
+}

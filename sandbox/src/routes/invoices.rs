@@ -299,7 +299,48 @@ fn existing<'a>(store: &'a Store, id: &str) -> Result<&'a Invoice, ApiError> {
 pub fn retrieve(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> {
     p.allow(&["expand"])?;
     existing(store, id)?;
-    Ok(invoice_json(store, id))
+    let expand = expansions(p, "")?;
+    let mut invoice = invoice_json(store, id);
+    expand_customer(store, &mut invoice, expand);
+    Ok(invoice)
+}
+
+/// `expand[]`: whether the invoice's `customer` is to be expanded, `prefix` being `data.`
+/// for a list. The only expansion the sandbox knows; any other path is refused as Stripe
+/// refuses a property that cannot be expanded.
+fn expansions(p: &Params, prefix: &str) -> Result<bool, ApiError> {
+    let paths = p.list("expand")?.unwrap_or_default();
+    let mut customer = false;
+    for path in &paths {
+        match path.strip_prefix(prefix) {
+            Some("customer") => customer = true,
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "This property cannot be expanded ({path}).",
+                ))
+                .param("expand"))
+            }
+        }
+    }
+    Ok(customer)
+}
+
+/// Replaces the invoice's `customer` id by the customer object (a deleted one as Stripe
+/// renders it), when asked.
+fn expand_customer(store: &Store, invoice: &mut Value, expand: bool) {
+    if !expand {
+        return;
+    }
+    let Some(id) = invoice["customer"].as_str().map(str::to_owned) else {
+        return;
+    };
+    if let Some(customer) = store.customers.get(&id) {
+        invoice["customer"] = if customer.deleted {
+            customer.deleted_json()
+        } else {
+            customer.to_json()
+        };
+    }
 }
 
 /// `GET /v1/invoices/{id}/lines`: the invoice's lines in its order, a page at a time
@@ -536,7 +577,12 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
             && method.is_none_or(|m| i.collection_method == m)
             && created(i.created)
     };
-    let render = |i: &Invoice| i.to_json(store);
+    let expand = expansions(p, "data.")?;
+    let render = |i: &Invoice| {
+        let mut invoice = i.to_json(store);
+        expand_customer(store, &mut invoice, expand);
+        invoice
+    };
     page(
         &store.invoices,
         Scope::All,

@@ -422,3 +422,47 @@ async fn an_invoice_s_lines_url_lists_its_lines_a_page_at_a_time() {
         (404, "resource_missing")
     );
 }
+
+#[tokio::test]
+async fn expand_customer_returns_the_customer_object_on_an_invoice_and_in_a_list() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let invoice = draft_with_amount(&stripe, &customer, "1500").await;
+    let path = format!("/v1/invoices/{}", invoice.id());
+    assert_eq!(
+        invoice.body["customer"],
+        customer.as_str(),
+        "an id by default"
+    );
+
+    let expanded = stripe.get(&format!("{path}?expand[]=customer")).await;
+    assert_eq!(expanded.status, 200, "{:?}", expanded.body);
+    assert_eq!(expanded.body["customer"]["object"], "customer");
+    assert_eq!(expanded.body["customer"]["id"], customer.as_str());
+    assert_eq!(expanded.body["customer"]["email"], "ada@example.com");
+
+    let list = stripe.get("/v1/invoices?expand[]=data.customer").await;
+    assert_eq!(list.body["data"][0]["customer"]["id"], customer.as_str());
+    let plain = stripe.get("/v1/invoices").await;
+    assert_eq!(plain.body["data"][0]["customer"], customer.as_str());
+
+    for bad in [
+        format!("{path}?expand[]=nothing"),
+        "/v1/invoices?expand[]=customer".to_owned(),
+    ] {
+        let refused = stripe.get(&bad).await;
+        assert_eq!(refused.status, 400, "{bad}");
+        assert!(
+            refused.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be expanded"),
+            "{:?}",
+            refused.body
+        );
+    }
+
+    stripe.delete(&format!("/v1/customers/{customer}")).await;
+    let gone = stripe.get(&format!("{path}?expand[]=customer")).await;
+    assert_eq!(gone.body["customer"]["deleted"], true);
+}
