@@ -10,6 +10,8 @@ pub struct ApiError {
     pub code: Option<String>,
     pub message: String,
     pub param: Option<String>,
+    /// A card error's reason (`generic_decline`, `insufficient_funds`, ...).
+    pub decline_code: Option<String>,
     /// Whether the idempotency layer keeps this answer under the request's key: true once the
     /// endpoint began executing, false for validation failures (Stripe lets those be retried).
     pub stored: bool,
@@ -24,6 +26,7 @@ impl ApiError {
             code: None,
             message: message.into(),
             param: None,
+            decline_code: None,
             stored: false,
         }
     }
@@ -83,6 +86,7 @@ impl ApiError {
             code: None,
             message: "An unknown error occurred while processing this request.".to_owned(),
             param: None,
+            decline_code: None,
             stored: true,
         }
     }
@@ -122,7 +126,22 @@ impl ApiError {
             code: (!code.is_empty()).then(|| code.to_owned()),
             message: message.to_owned(),
             param: None,
+            decline_code: None,
             stored: false,
+        }
+    }
+
+    /// 402 `card_error` `card_declined`: the payment was attempted (and the attempt
+    /// recorded), so the answer is stored under the key.
+    pub fn card_declined(decline_code: &str) -> Self {
+        Self {
+            status: 402,
+            kind: "card_error",
+            code: Some("card_declined".to_owned()),
+            message: "Your card was declined.".to_owned(),
+            param: None,
+            decline_code: Some(decline_code.to_owned()),
+            stored: true,
         }
     }
 
@@ -138,6 +157,9 @@ impl ApiError {
                     code.replace('_', "-")
                 )),
             );
+        }
+        if let Some(decline_code) = &self.decline_code {
+            error.insert("decline_code".into(), json!(decline_code));
         }
         error.insert("message".into(), json!(self.message));
         if let Some(param) = &self.param {

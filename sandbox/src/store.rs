@@ -227,6 +227,8 @@ pub struct Invoice {
     pub items: Vec<String>,
     pub amount_paid: i64,
     pub attempted: bool,
+    /// Payment attempts so far, failed ones included.
+    pub attempt_count: u32,
     pub finalized_at: Option<i64>,
     pub paid_at: Option<i64>,
     pub voided_at: Option<i64>,
@@ -262,7 +264,7 @@ impl Invoice {
             "amount_remaining": subtotal - self.amount_paid,
             "amount_shipping": 0,
             "application": null,
-            "attempt_count": u8::from(self.attempted),
+            "attempt_count": self.attempt_count,
             "attempted": self.attempted,
             "auto_advance": self.auto_advance,
             "automatic_tax": {"enabled": false, "liability": null, "status": null,

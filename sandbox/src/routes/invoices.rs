@@ -271,6 +271,7 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
         items: pending.clone(),
         amount_paid: 0,
         attempted: false,
+        attempt_count: 0,
         finalized_at: None,
         paid_at: None,
         voided_at: None,
@@ -451,6 +452,45 @@ fn finalize(store: &mut Store, id: &str, cause: &Cause) {
     }
 }
 
+/// The decline of one of Stripe's test payment methods or tokens that always fail
+/// (`pm_card_chargeDeclined`, `pm_card_chargeDeclinedInsufficientFunds`,
+/// `tok_chargeDeclined`, ...); `None` for one that pays.
+fn decline_code(instrument: &str) -> Option<&'static str> {
+    let reason = instrument
+        .strip_prefix("pm_card_visa_chargeDeclined")
+        .or_else(|| instrument.strip_prefix("pm_card_chargeDeclined"))
+        .or_else(|| instrument.strip_prefix("tok_chargeDeclined"))?;
+    Some(match reason {
+        "InsufficientFunds" => "insufficient_funds",
+        "LostCard" => "lost_card",
+        "StolenCard" => "stolen_card",
+        "ExpiredCard" => "expired_card",
+        _ => "generic_decline",
+    })
+}
+
+/// Pays an open invoice, or records a declined attempt: the invoice stays open, its
+/// `attempt_count` grows, `invoice.payment_failed` is emitted, and the caller gets a 402.
+fn charge(
+    store: &mut Store,
+    id: &str,
+    out_of_band: bool,
+    declined: Option<&str>,
+    cause: &Cause,
+) -> Result<(), ApiError> {
+    let due = store.invoices.get(id).expect("exists").amount_due(store);
+    let Some(decline_code) = declined.filter(|_| due > 0) else {
+        mark_paid(store, id, out_of_band, cause);
+        return Ok(());
+    };
+    let invoice = store.invoices.get_mut(id).expect("exists");
+    invoice.attempted = true;
+    invoice.attempt_count += 1;
+    let object = invoice_json(store, id);
+    store.emit("invoice.payment_failed", object, None, cause);
+    Err(ApiError::card_declined(decline_code))
+}
+
 fn mark_paid(store: &mut Store, id: &str, out_of_band: bool, cause: &Cause) {
     let due = store.invoices.get(id).expect("exists").amount_due(store);
     let invoice = store.invoices.get_mut(id).expect("exists");
@@ -460,6 +500,7 @@ fn mark_paid(store: &mut Store, id: &str, out_of_band: bool, cause: &Cause) {
     invoice.paid_out_of_band = out_of_band;
     if !out_of_band {
         invoice.attempted = true;
+        invoice.attempt_count += 1;
     }
     let object = invoice_json(store, id);
     store.emit("invoice.paid", object.clone(), None, cause);
@@ -475,6 +516,7 @@ pub fn act(
     p: &Params,
     cause: &Cause,
 ) -> Result<Value, ApiError> {
+    let mut declined = None;
     let out_of_band = match action {
         Action::Pay => {
             p.allow(&[
@@ -485,7 +527,10 @@ pub fn act(
                 "off_session",
                 "expand",
             ])?;
-            p.bool("paid_out_of_band")?.unwrap_or(false)
+            let out_of_band = p.bool("paid_out_of_band")?.unwrap_or(false);
+            let instrument = p.str("payment_method")?.or(p.str("source")?);
+            declined = instrument.filter(|_| !out_of_band).and_then(decline_code);
+            out_of_band
         }
         Action::Finalize => {
             p.allow(&["auto_advance", "expand"])?;
@@ -509,10 +554,10 @@ pub fn act(
             // Paying a draft finalizes it first, as Stripe does.
             finalize(store, id, cause);
             if existing(store, id)?.status == Open {
-                mark_paid(store, id, out_of_band, cause);
+                charge(store, id, out_of_band, declined, cause)?;
             }
         }
-        (Action::Pay, Open | Uncollectible) => mark_paid(store, id, out_of_band, cause),
+        (Action::Pay, Open | Uncollectible) => charge(store, id, out_of_band, declined, cause)?,
         (Action::Pay, Paid) => return Err(ApiError::state("Invoice is already paid")),
         (Action::Pay, Void) => {
             return Err(ApiError::state(

@@ -466,3 +466,69 @@ async fn expand_customer_returns_the_customer_object_on_an_invoice_and_in_a_list
     let gone = stripe.get(&format!("{path}?expand[]=customer")).await;
     assert_eq!(gone.body["customer"]["deleted"], true);
 }
+
+#[tokio::test]
+async fn a_declining_test_card_fails_the_payment_with_402_and_invoice_payment_failed() {
+    let (sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let draft = draft_with_amount(&stripe, &customer, "1500").await;
+    let pay = format!("/v1/invoices/{}/pay", draft.id());
+
+    let declined = stripe
+        .post_with_key(
+            &pay,
+            &[("payment_method", "pm_card_chargeDeclined")],
+            "pay-1",
+        )
+        .await;
+    assert_eq!(declined.status, 402, "{:?}", declined.body);
+    let error = &declined.body["error"];
+    assert_eq!(
+        (&error["type"], &error["code"], &error["decline_code"]),
+        (
+            &"card_error".into(),
+            &"card_declined".into(),
+            &"generic_decline".into()
+        )
+    );
+    // The attempt happened: the answer is kept under the key.
+    let replay = stripe
+        .post_with_key(
+            &pay,
+            &[("payment_method", "pm_card_chargeDeclined")],
+            "pay-1",
+        )
+        .await;
+    assert_eq!(
+        (replay.status, replay.header("idempotent-replayed")),
+        (402, Some("true"))
+    );
+    let invoice = stripe.get(&format!("/v1/invoices/{}", draft.id())).await;
+    assert_eq!(
+        (
+            &invoice.body["status"],
+            &invoice.body["attempt_count"],
+            &invoice.body["amount_paid"]
+        ),
+        (&"open".into(), &1.into(), &0.into()),
+        "finalized by the attempt, still open"
+    );
+    assert_eq!(sandbox.count_events("invoice.payment_failed"), 1);
+
+    let poor = stripe
+        .post(
+            &pay,
+            &[("payment_method", "pm_card_chargeDeclinedInsufficientFunds")],
+        )
+        .await;
+    assert_eq!(poor.body["error"]["decline_code"], "insufficient_funds");
+    let paid = stripe
+        .post(&pay, &[("payment_method", "pm_card_visa")])
+        .await;
+    assert_eq!(paid.status, 200);
+    assert_eq!(
+        (&paid.body["status"], &paid.body["attempt_count"]),
+        (&"paid".into(), &3.into())
+    );
+    assert_eq!(sandbox.count_events("invoice.payment_failed"), 2);
+}

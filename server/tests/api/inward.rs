@@ -365,3 +365,67 @@ async fn a_same_second_tie_is_settled_with_the_customer_as_stripe_holds_it() {
     // Settled once: a redelivery is a duplicate.
     assert_eq!(deliver(&stack, &to_b).await.1["outcome"], "duplicate");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_payment_reaches_the_invoice_catalogue() {
+    let stack = stack_with(SandboxConfig::default(), true).await;
+    let cus = stack
+        .sandbox
+        .dashboard(
+            Method::POST,
+            "/v1/customers",
+            &[("name", "Ada"), ("email", "ada@example.com")],
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invoice = stack
+        .sandbox
+        .dashboard(Method::POST, "/v1/invoices", &[("customer", &cus)])
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack
+        .sandbox
+        .dashboard(
+            Method::POST,
+            "/v1/invoiceitems",
+            &[
+                ("customer", cus.as_str()),
+                ("amount", "1500"),
+                ("currency", "usd"),
+                ("invoice", invoice.as_str()),
+            ],
+        )
+        .await;
+    let declined = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/invoices/{invoice}/pay",
+            stack.sandbox.base_url()
+        ))
+        .bearer_auth("sk_test_dashboard")
+        .form(&[("payment_method", "pm_card_chargeDeclined")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declined.status(), 402);
+    quiet(&stack).await;
+    assert_eq!(
+        stack
+            .app
+            .db
+            .count_where("webhook_events", "event_type = 'invoice.payment_failed'"),
+        1
+    );
+    let stored: serde_json::Value = stack
+        .get(&format!("/api/v1/invoices/{invoice}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["status"], "open", "{stored}");
+    assert_eq!(stored["amount_paid"], 0);
+    assert_eq!(stored["customer_id"], cus.as_str());
+}
