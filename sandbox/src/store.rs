@@ -221,6 +221,8 @@ pub struct Invoice {
     pub collection_method: String,
     pub days_until_due: Option<i64>,
     pub description: Option<String>,
+    /// Shown at the bottom of the invoice; editable after finalization.
+    pub footer: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub auto_advance: bool,
     pub number: Option<String>,
@@ -292,7 +294,7 @@ impl Invoice {
             "due_date": due_date,
             "effective_at": self.finalized_at,
             "ending_balance": if finalized { Some(0) } else { None },
-            "footer": null,
+            "footer": self.footer,
             "from_invoice": null,
             "hosted_invoice_url": finalized.then(|| format!(
                 "https://invoice.stripe.com/i/acct_sandbox/test_{slug}")),

@@ -208,6 +208,7 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
         "collection_method",
         "days_until_due",
         "description",
+        "footer",
         "metadata",
         "currency",
         "pending_invoice_items_behavior",
@@ -238,6 +239,7 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
         == Some("include");
     let auto_advance = p.bool("auto_advance")?.unwrap_or(false);
     let description = nullable(p, "description")?.flatten();
+    let footer = nullable(p, "footer")?.flatten();
     let metadata = metadata_param(p)?;
     let currency = currency(p)?;
 
@@ -265,6 +267,7 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
         collection_method,
         days_until_due,
         description,
+        footer,
         metadata: BTreeMap::new(),
         auto_advance,
         number: None,
@@ -383,18 +386,20 @@ pub fn lines(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> {
 }
 
 pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
-    p.allow(&["description", "metadata", "auto_advance", "expand"])?;
+    // Description, footer and metadata stay editable after finalization, as in Stripe
+    // (amounts and the collection method do not, and are not parameters here).
+    p.allow(&[
+        "description",
+        "footer",
+        "metadata",
+        "auto_advance",
+        "expand",
+    ])?;
     let description = nullable(p, "description")?;
+    let footer = nullable(p, "footer")?;
     let metadata = metadata_param(p)?;
     let auto_advance = p.bool("auto_advance")?;
-    let status = existing(store, id)?.status;
-    if status != InvoiceStatus::Draft && description.is_some() {
-        return Err(ApiError::state(format!(
-            "You can only update the description of a draft invoice; this one is {}.",
-            status.as_str()
-        ))
-        .param("description"));
-    }
+    existing(store, id)?;
     let before = invoice_json(store, id);
     let invoice = store.invoices.get_mut(id).expect("exists");
     let mut updated = invoice.clone();
@@ -403,6 +408,9 @@ pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<
     }
     if let Some(description) = description {
         updated.description = description;
+    }
+    if let Some(footer) = footer {
+        updated.footer = footer;
     }
     if let Some(auto_advance) = auto_advance {
         updated.auto_advance = auto_advance;

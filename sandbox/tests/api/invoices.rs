@@ -264,7 +264,10 @@ async fn updating_an_invoice_emits_invoice_updated_with_the_previous_values() {
     );
     stripe.post(&format!("{path}/finalize"), &[]).await;
     let late = stripe.post(&path, &[("description", "April")]).await;
-    assert_eq!(late.status, 400, "only a draft's description can change");
+    assert_eq!(
+        late.status, 200,
+        "a description stays editable after finalization"
+    );
     let metadata = stripe.post(&path, &[("metadata[order]", "43")]).await;
     assert_eq!(metadata.status, 200, "metadata can always change");
 }
@@ -531,4 +534,54 @@ async fn a_declining_test_card_fails_the_payment_with_402_and_invoice_payment_fa
         (&"paid".into(), &3.into())
     );
     assert_eq!(sandbox.count_events("invoice.payment_failed"), 2);
+}
+
+#[tokio::test]
+async fn description_footer_and_metadata_stay_editable_after_finalization() {
+    let (sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let draft = draft_with_amount(&stripe, &customer, "1500").await;
+    let path = format!("/v1/invoices/{}", draft.id());
+    let open = stripe.post(&format!("{path}/finalize"), &[]).await;
+    assert_eq!(open.body["status"], "open");
+    let before = sandbox.count_events("invoice.updated");
+
+    let updated = stripe
+        .post(
+            &path,
+            &[
+                ("description", "Thanks"),
+                ("footer", "Pay within 30 days"),
+                ("metadata[order]", "42"),
+            ],
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+    assert_eq!(
+        (
+            &updated.body["description"],
+            &updated.body["footer"],
+            &updated.body["metadata"]["order"]
+        ),
+        (&"Thanks".into(), &"Pay within 30 days".into(), &"42".into())
+    );
+    assert_eq!(updated.body["status"], "open");
+    assert_eq!(sandbox.count_events("invoice.updated"), before + 1);
+    let event = sandbox
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "invoice.updated" && e["data"]["object"]["footer"].is_string())
+        .expect("the update's event");
+    assert_eq!(
+        event["data"]["previous_attributes"]["footer"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        event["data"]["previous_attributes"]["description"],
+        serde_json::Value::Null
+    );
+
+    // Still refused: what Stripe never accepts on an invoice update.
+    let refused = stripe.post(&path, &[("amount_due", "1")]).await;
+    assert_eq!(refused.error().1, "parameter_unknown");
 }

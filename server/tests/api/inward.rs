@@ -429,3 +429,70 @@ async fn a_failed_payment_reaches_the_invoice_catalogue() {
     assert_eq!(stored["amount_paid"], 0);
     assert_eq!(stored["customer_id"], cus.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invoice_updated_after_finalization_reaches_the_invoice_catalogue() {
+    let stack = stack_with(SandboxConfig::default(), true).await;
+    let cus = stack
+        .sandbox
+        .dashboard(
+            Method::POST,
+            "/v1/customers",
+            &[("name", "Ada"), ("email", "ada@example.com")],
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invoice = stack
+        .sandbox
+        .dashboard(Method::POST, "/v1/invoices", &[("customer", &cus)])
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack
+        .sandbox
+        .dashboard(
+            Method::POST,
+            "/v1/invoiceitems",
+            &[
+                ("customer", cus.as_str()),
+                ("amount", "1500"),
+                ("currency", "usd"),
+                ("invoice", invoice.as_str()),
+            ],
+        )
+        .await;
+    let path = format!("/v1/invoices/{invoice}");
+    let finalized = stack
+        .sandbox
+        .dashboard(Method::POST, &format!("{path}/finalize"), &[])
+        .await;
+    stack
+        .sandbox
+        .dashboard(
+            Method::POST,
+            &path,
+            &[("footer", "Thanks"), ("metadata[k]", "v")],
+        )
+        .await;
+    quiet(&stack).await;
+    assert_eq!(
+        stack.app.db.count_where(
+            "webhook_events",
+            &format!("event_type = 'invoice.updated' AND payload->'data'->'object'->>'footer' = 'Thanks' AND object_id = '{invoice}'")
+        ),
+        1,
+        "the update after finalization was received"
+    );
+    let stored: serde_json::Value = stack
+        .get(&format!("/api/v1/invoices/{invoice}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["status"], "open", "{stored}");
+    assert_eq!(stored["number"], finalized["number"]);
+    assert_eq!(stored["customer_id"], cus.as_str());
+}
