@@ -4,6 +4,7 @@
 pub mod customers;
 mod events;
 mod invoices;
+mod search;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use crate::store::{Cause, Scope, Start, Store, Table};
 pub enum Route {
     CreateCustomer,
     ListCustomers,
+    SearchCustomers,
     RetrieveCustomer(String),
     UpdateCustomer(String),
     DeleteCustomer(String),
@@ -26,6 +28,7 @@ pub enum Route {
     RetrieveInvoiceItem(String),
     CreateInvoice,
     ListInvoices,
+    SearchInvoices,
     RetrieveInvoice(String),
     UpdateInvoice(String),
     DeleteInvoice(String),
@@ -43,6 +46,7 @@ impl Route {
         Some(match (method, parts.as_slice()) {
             ("POST", ["v1", "customers"]) => Self::CreateCustomer,
             ("GET", ["v1", "customers"]) => Self::ListCustomers,
+            ("GET", ["v1", "customers", "search"]) => Self::SearchCustomers,
             ("GET", ["v1", "customers", c]) => Self::RetrieveCustomer(id(c)),
             ("POST", ["v1", "customers", c]) => Self::UpdateCustomer(id(c)),
             ("DELETE", ["v1", "customers", c]) => Self::DeleteCustomer(id(c)),
@@ -51,6 +55,7 @@ impl Route {
             ("GET", ["v1", "invoiceitems", i]) => Self::RetrieveInvoiceItem(id(i)),
             ("POST", ["v1", "invoices"]) => Self::CreateInvoice,
             ("GET", ["v1", "invoices"]) => Self::ListInvoices,
+            ("GET", ["v1", "invoices", "search"]) => Self::SearchInvoices,
             ("GET", ["v1", "invoices", i]) => Self::RetrieveInvoice(id(i)),
             ("POST", ["v1", "invoices", i]) => Self::UpdateInvoice(id(i)),
             ("DELETE", ["v1", "invoices", i]) => Self::DeleteInvoice(id(i)),
@@ -69,6 +74,8 @@ impl Route {
         !matches!(
             self,
             Self::ListCustomers
+                | Self::SearchCustomers
+                | Self::SearchInvoices
                 | Self::RetrieveCustomer(_)
                 | Self::ListInvoiceItems
                 | Self::RetrieveInvoiceItem(_)
@@ -85,6 +92,7 @@ impl Route {
         match self {
             Self::CreateCustomer => customers::create(store, p, cause),
             Self::ListCustomers => customers::list(store, p),
+            Self::SearchCustomers => search::customers(store, p),
             Self::RetrieveCustomer(id) => customers::retrieve(store, id, p),
             Self::UpdateCustomer(id) => customers::update(store, id, p, cause),
             Self::DeleteCustomer(id) => customers::delete(store, id, p, cause),
@@ -93,6 +101,7 @@ impl Route {
             Self::RetrieveInvoiceItem(id) => invoices::retrieve_item(store, id, p),
             Self::CreateInvoice => invoices::create(store, p, cause),
             Self::ListInvoices => invoices::list(store, p),
+            Self::SearchInvoices => search::invoices(store, p),
             Self::RetrieveInvoice(id) => invoices::retrieve(store, id, p),
             Self::UpdateInvoice(id) => invoices::update(store, id, p, cause),
             Self::DeleteInvoice(id) => invoices::delete(store, id, p, cause),

@@ -283,3 +283,132 @@ async fn unknown_objects_and_urls_get_404s() {
     let cursor = stripe.get("/v1/customers?starting_after=cus_nope").await;
     assert_eq!(cursor.status, 404);
 }
+
+#[tokio::test]
+async fn search_finds_customers_by_email_name_and_metadata_a_page_at_a_time() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let ada = stripe
+        .post(
+            "/v1/customers",
+            &[
+                ("name", "Ada Lovelace"),
+                ("email", "ada@example.com"),
+                ("metadata[customer_sync_id]", "c-1"),
+            ],
+        )
+        .await
+        .id();
+    let grace = stripe
+        .post(
+            "/v1/customers",
+            &[("name", "Grace Hopper"), ("email", "grace@example.com")],
+        )
+        .await
+        .id();
+    let search = |query: &str| {
+        let query = query.to_owned();
+        let stripe = &stripe;
+        async move {
+            let answer = stripe
+                .send(
+                    stripe
+                        .request(reqwest::Method::GET, "/v1/customers/search")
+                        .query(&[("query", query.as_str())]),
+                )
+                .await;
+            assert_eq!(answer.status, 200, "{query}: {:?}", answer.body);
+            answer.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(search("email:'ADA@example.com'").await, [ada.clone()]);
+    assert_eq!(
+        search("metadata['customer_sync_id']:'c-1'").await,
+        [ada.clone()]
+    );
+    assert_eq!(search("name~\"hop\"").await, [grace.clone()]);
+    assert_eq!(
+        search("email:'ada@example.com' OR name~'Grace'").await,
+        [grace.clone(), ada.clone()]
+    );
+    assert!(search("email:'ada@example.com' AND name~'Grace'")
+        .await
+        .is_empty());
+    assert_eq!(search("-name~'Grace'").await, [ada.clone()]);
+
+    let first = stripe
+        .send(
+            stripe
+                .request(reqwest::Method::GET, "/v1/customers/search")
+                .query(&[
+                    ("query", "email~'example'"),
+                    ("limit", "1"),
+                    ("expand[]", "total_count"),
+                ]),
+        )
+        .await;
+    assert_eq!(first.body["object"], "search_result");
+    assert_eq!(first.body["url"], "/v1/customers/search");
+    assert_eq!(
+        (&first.body["has_more"], &first.body["total_count"]),
+        (&true.into(), &2.into())
+    );
+    let page = first.body["next_page"].as_str().unwrap();
+    let second = stripe
+        .send(
+            stripe
+                .request(reqwest::Method::GET, "/v1/customers/search")
+                .query(&[("query", "email~'example'"), ("limit", "1"), ("page", page)]),
+        )
+        .await;
+    assert_eq!(second.body["data"][0]["id"], ada.as_str());
+    assert_eq!(
+        (&second.body["has_more"], &second.body["next_page"]),
+        (&false.into(), &serde_json::Value::Null)
+    );
+
+    for bad in ["", "nickname:x", "name:a AND name:b OR name:c", "name~ab"] {
+        let refused = stripe
+            .send(
+                stripe
+                    .request(reqwest::Method::GET, "/v1/customers/search")
+                    .query(&[("query", bad)]),
+            )
+            .await;
+        assert_eq!(refused.status, 400, "{bad:?}");
+        assert_eq!(refused.body["error"]["param"], "query", "{bad:?}");
+    }
+    // The path is search, not a customer id.
+    let no_query = stripe.get("/v1/customers/search").await;
+    assert_eq!(no_query.error().1, "parameter_missing");
+
+    stripe.delete(&format!("/v1/customers/{grace}")).await;
+    assert!(
+        search("name~'Grace'").await.is_empty(),
+        "deleted customers are not found"
+    );
+}
+
+#[tokio::test]
+async fn search_finds_invoices_by_customer_and_status() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let ada = stripe.customer("Ada", "ada@example.com").await;
+    let draft = stripe
+        .post("/v1/invoices", &[("customer", &ada)])
+        .await
+        .id();
+    let answer = stripe
+        .send(
+            stripe
+                .request(reqwest::Method::GET, "/v1/invoices/search")
+                .query(&[("query", format!("customer:'{ada}' AND status:'draft'"))]),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["data"][0]["id"], draft.as_str());
+    assert_eq!(answer.body["url"], "/v1/invoices/search");
+}

@@ -72,6 +72,13 @@ def api(base):
     check("auto-paging walks every customer", every == [bob.id, ada.id])
     by_email = stripe.Customer.list(email="ada@example.com")
     check("the email filter", [c.id for c in by_email.data] == [ada.id])
+    found = stripe.Customer.search(query="email:'ada@example.com'")
+    check("Customer.search by email", [c.id for c in found.data] == [ada.id])
+    searched = [
+        c.id
+        for c in stripe.Customer.search(query="name~'Bob' OR name~'Ada'", limit=1).auto_paging_iter()
+    ]
+    check("search pages through next_page", searched == [bob.id, ada.id])
 
     # The StripeClient style, with its own base address.
     client = stripe.StripeClient(
