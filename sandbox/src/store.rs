@@ -223,6 +223,8 @@ pub struct Invoice {
     pub description: Option<String>,
     /// Shown at the bottom of the invoice; editable after finalization.
     pub footer: Option<String>,
+    /// A due date given at creation (`send_invoice`), instead of `days_until_due`.
+    pub due_date: Option<i64>,
     pub metadata: BTreeMap<String, String>,
     pub auto_advance: bool,
     pub number: Option<String>,
@@ -239,6 +241,16 @@ pub struct Invoice {
 }
 
 impl Invoice {
+    /// When payment is due: the date given, or `days_until_due` after creation, for an
+    /// invoice sent to the customer; none for one charged automatically.
+    pub fn due_date(&self) -> Option<i64> {
+        match (self.collection_method.as_str(), self.days_until_due) {
+            ("send_invoice", _) if self.due_date.is_some() => self.due_date,
+            ("send_invoice", Some(days)) => Some(self.created + days * 86_400),
+            _ => None,
+        }
+    }
+
     /// Stripe's invoice object (`stripe-fixtures/invoice.json`), computed from the items.
     pub fn to_json(&self, store: &Store) -> Value {
         let lines: Vec<&InvoiceItem> = self
@@ -249,10 +261,7 @@ impl Invoice {
         let subtotal: i64 = lines.iter().map(|l| l.amount).sum();
         let customer = store.customers.get(&self.customer);
         let finalized = self.finalized_at.is_some();
-        let due_date = match (self.collection_method.as_str(), self.days_until_due) {
-            ("send_invoice", Some(days)) => Some(self.created + days * 86_400),
-            _ => None,
-        };
+        let due_date = self.due_date();
         let slug = &self.id[3..];
         json!({
             "id": self.id,

@@ -19,7 +19,36 @@ const WRITABLE: &[&str] = &[
     "preferred_locales",
     "balance",
     "tax_exempt",
+    "invoice_prefix",
+    "next_invoice_sequence",
     "expand",
+];
+/// Parameters Stripe accepts on a create that the sandbox accepts and ignores (nothing it
+/// renders depends on them).
+const CREATE_IGNORED: &[&str] = &[
+    "business_name",
+    "cash_balance",
+    "individual_name",
+    "invoice_settings",
+    "payment_method",
+    "shipping",
+    "source",
+    "tax",
+    "tax_id_data",
+    "test_clock",
+    "validate",
+];
+/// The same for an update.
+const UPDATE_IGNORED: &[&str] = &[
+    "business_name",
+    "cash_balance",
+    "default_source",
+    "individual_name",
+    "invoice_settings",
+    "shipping",
+    "source",
+    "tax",
+    "validate",
 ];
 const ADDRESS_FIELDS: &[&str] = &["city", "country", "line1", "line2", "postal_code", "state"];
 
@@ -33,11 +62,13 @@ struct Changes {
     preferred_locales: Option<Vec<String>>,
     balance: Option<i64>,
     tax_exempt: Option<String>,
+    invoice_prefix: Option<String>,
+    next_invoice_sequence: Option<u64>,
     metadata: Option<MetadataUpdate>,
 }
 
-fn changes(p: &Params) -> Result<Changes, ApiError> {
-    p.allow(WRITABLE)?;
+fn changes(p: &Params, ignored: &[&str]) -> Result<Changes, ApiError> {
+    p.allow(&[WRITABLE, ignored].concat())?;
     let email = nullable(p, "email")?;
     if let Some(Some(email)) = &email {
         if email.chars().count() > 512 {
@@ -92,7 +123,38 @@ fn changes(p: &Params) -> Result<Changes, ApiError> {
         address,
         preferred_locales: p.list("preferred_locales")?,
         balance: p.int("balance")?,
-        tax_exempt: p.one_of("tax_exempt", &["none", "exempt", "reverse"])?,
+        // An empty value unsets it, as Stripe documents.
+        tax_exempt: match p.str("tax_exempt")? {
+            Some("") => Some("none".to_owned()),
+            _ => p.one_of("tax_exempt", &["none", "exempt", "reverse"])?,
+        },
+        invoice_prefix: match p.str("invoice_prefix")? {
+            None => None,
+            Some(prefix)
+                if (3..=12).contains(&prefix.len())
+                    && prefix
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) =>
+            {
+                Some(prefix.to_owned())
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "Invalid invoice_prefix: must be 3 to 12 uppercase letters or digits",
+                )
+                .param("invoice_prefix"))
+            }
+        },
+        next_invoice_sequence: match p.int("next_invoice_sequence")? {
+            None => None,
+            Some(n) if n >= 1 => Some(n as u64),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "Invalid next_invoice_sequence: must be a positive integer",
+                )
+                .param("next_invoice_sequence"))
+            }
+        },
         metadata: metadata_param(p)?,
     })
 }
@@ -152,6 +214,18 @@ fn apply(customer: &mut Customer, changes: Changes) -> Result<Map<String, Value>
         &mut customer.tax_exempt,
         changes.tax_exempt,
     );
+    set(
+        &mut previous,
+        "invoice_prefix",
+        &mut customer.invoice_prefix,
+        changes.invoice_prefix,
+    );
+    set(
+        &mut previous,
+        "next_invoice_sequence",
+        &mut customer.next_invoice_sequence,
+        changes.next_invoice_sequence,
+    );
     Ok(previous)
 }
 
@@ -165,7 +239,7 @@ pub fn live<'a>(store: &'a Store, id: &str, param: &str) -> Result<&'a Customer,
 }
 
 pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
-    let changes = changes(p)?;
+    let changes = changes(p, CREATE_IGNORED)?;
     let id = store.id("cus");
     let prefix = store.invoice_prefix();
     let mut customer = Customer::new(id, now(), prefix);
@@ -191,7 +265,7 @@ fn change(
     id: &str,
     p: &Params,
 ) -> Result<(Value, Map<String, Value>), ApiError> {
-    let changes = changes(p)?;
+    let changes = changes(p, UPDATE_IGNORED)?;
     let mut updated = live(store, id, "id")?.clone();
     let previous = apply(&mut updated, changes)?;
     let object = updated.to_json();

@@ -47,6 +47,29 @@ fn invoice_json(store: &Store, id: &str) -> Value {
     store.invoices.get(id).expect("exists").to_json(store)
 }
 
+/// Parameters Stripe accepts on an invoice create or update that the sandbox accepts and
+/// ignores (taxes, discounts, payment settings, rendering: nothing it renders).
+const INVOICE_IGNORED: &[&str] = &[
+    "account_tax_ids",
+    "application_fee_amount",
+    "automatic_tax",
+    "automatically_finalizes_at",
+    "custom_fields",
+    "default_payment_method",
+    "default_source",
+    "default_tax_rates",
+    "discounts",
+    "effective_at",
+    "issuer",
+    "on_behalf_of",
+    "payment_settings",
+    "rendering",
+    "shipping_cost",
+    "shipping_details",
+    "statement_descriptor",
+    "transfer_data",
+];
+
 pub fn create_item(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
     p.allow(&[
         "customer",
@@ -56,11 +79,39 @@ pub fn create_item(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value
         "invoice",
         "metadata",
         "expand",
+        // Accepted and ignored: nothing the sandbox renders depends on them.
+        "customer_account",
+        "discountable",
+        "discounts",
+        "period",
+        "price_data",
+        "pricing",
+        "quantity",
+        "quantity_decimal",
+        "subscription",
+        "tax_behavior",
+        "tax_code",
+        "tax_rates",
+        "unit_amount_decimal",
     ])?;
     let customer_id = p.required("customer")?.to_owned();
-    let amount = p
-        .int("amount")?
-        .ok_or_else(|| ApiError::missing_parameter("amount"))?;
+    let amount = match (p.int("amount")?, p.str("unit_amount_decimal")?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "You may only specify one of these parameters: amount, unit_amount_decimal.",
+            ))
+        }
+        (Some(amount), None) => amount,
+        // A unit amount times the quantity, as Stripe computes it.
+        (None, Some(unit)) => {
+            let unit: f64 = unit.parse().map_err(|_| {
+                ApiError::invalid(format!("Invalid decimal: {unit}")).param("unit_amount_decimal")
+            })?;
+            let quantity = p.int("quantity")?.unwrap_or(1);
+            (unit * quantity as f64).round() as i64
+        }
+        (None, None) => return Err(ApiError::missing_parameter("amount")),
+    };
     let currency = currency(p)?.ok_or_else(|| ApiError::missing_parameter("currency"))?;
     let description = nullable(p, "description")?.flatten();
     let metadata = metadata_param(p)?;
@@ -202,18 +253,25 @@ pub fn retrieve_item(store: &Store, id: &str, p: &Params) -> Result<Value, ApiEr
 }
 
 pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
-    p.allow(&[
-        "customer",
-        "auto_advance",
-        "collection_method",
-        "days_until_due",
-        "description",
-        "footer",
-        "metadata",
-        "currency",
-        "pending_invoice_items_behavior",
-        "expand",
-    ])?;
+    p.allow(
+        &[
+            &[
+                "customer",
+                "auto_advance",
+                "collection_method",
+                "days_until_due",
+                "due_date",
+                "description",
+                "footer",
+                "metadata",
+                "currency",
+                "pending_invoice_items_behavior",
+                "expand",
+            ][..],
+            INVOICE_IGNORED,
+        ]
+        .concat(),
+    )?;
     let customer_id = p.required("customer")?.to_owned();
     let collection_method = p
         .one_of(
@@ -222,13 +280,24 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
         )?
         .unwrap_or_else(|| "charge_automatically".into());
     let days_until_due = p.int("days_until_due")?;
-    match (collection_method.as_str(), days_until_due) {
-        ("send_invoice", None) => return Err(ApiError::missing_parameter("days_until_due")),
-        ("charge_automatically", Some(_)) => {
+    let due_date = p.int("due_date")?;
+    match (collection_method.as_str(), days_until_due, due_date) {
+        ("send_invoice", None, None) => return Err(ApiError::missing_parameter("days_until_due")),
+        ("send_invoice", Some(_), Some(_)) => {
             return Err(ApiError::invalid(
-                "You can only set days_until_due when collection_method is send_invoice.",
-            )
-            .param("days_until_due"))
+                "You may only specify one of these parameters: days_until_due, due_date.",
+            ))
+        }
+        ("charge_automatically", Some(_), _) | ("charge_automatically", _, Some(_)) => {
+            let param = if due_date.is_some() {
+                "due_date"
+            } else {
+                "days_until_due"
+            };
+            return Err(ApiError::invalid(format!(
+                "You can only set {param} when collection_method is send_invoice."
+            ))
+            .param(param));
         }
         _ => {}
     }
@@ -268,6 +337,7 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
         days_until_due,
         description,
         footer,
+        due_date,
         metadata: BTreeMap::new(),
         auto_advance,
         number: None,
@@ -388,13 +458,19 @@ pub fn lines(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> {
 pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
     // Description, footer and metadata stay editable after finalization, as in Stripe
     // (amounts and the collection method do not, and are not parameters here).
-    p.allow(&[
-        "description",
-        "footer",
-        "metadata",
-        "auto_advance",
-        "expand",
-    ])?;
+    p.allow(
+        &[
+            INVOICE_IGNORED,
+            &[
+                "description",
+                "footer",
+                "metadata",
+                "auto_advance",
+                "expand",
+            ],
+        ]
+        .concat(),
+    )?;
     let description = nullable(p, "description")?;
     let footer = nullable(p, "footer")?;
     let metadata = metadata_param(p)?;
@@ -616,8 +692,16 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
         "ending_before",
         "created",
         "expand",
+        "due_date",
+        "subscription",
+        "customer_account",
     ])?;
     let customer = p.str("customer")?;
+    // No invoice here belongs to a subscription or a customer account: either filter
+    // leaves nothing, as it would in an account without them.
+    let none_match = p.str("subscription")?.is_some() || p.str("customer_account")?.is_some();
+    let due = super::range_filter(p, "due_date")?;
+    let by_due = p.get("due_date").is_some();
     let status = p.one_of(
         "status",
         &["draft", "open", "paid", "uncollectible", "void"],
@@ -625,7 +709,9 @@ pub fn list(store: &Store, p: &Params) -> Result<Value, ApiError> {
     let method = p.str("collection_method")?;
     let created = created_filter(p)?;
     let keep = |i: &Invoice| {
-        customer.is_none_or(|c| i.customer == c)
+        !none_match
+            && (!by_due || i.due_date().is_some_and(&due))
+            && customer.is_none_or(|c| i.customer == c)
             && status.as_deref().is_none_or(|s| i.status.as_str() == s)
             && method.is_none_or(|m| i.collection_method == m)
             && created(i.created)

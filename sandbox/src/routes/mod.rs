@@ -182,13 +182,18 @@ pub fn page<'a, T>(
 
 /// The `created` filter: `created=N` or `created[gt|gte|lt|lte]=N`.
 pub fn created_filter(p: &Params) -> Result<impl Fn(i64) -> bool, ApiError> {
+    range_filter(p, "created")
+}
+
+/// A timestamp filter `name` (`name=t` or `name[gt|gte|lt|lte]=t`); no parameter keeps all.
+pub fn range_filter(p: &Params, name: &str) -> Result<impl Fn(i64) -> bool, ApiError> {
     let invalid = |v: &str| {
         ApiError::invalid(format!("Invalid integer: {v}"))
             .code("parameter_invalid_integer")
-            .param("created")
+            .param(name)
     };
     let mut bounds: Vec<(String, i64)> = Vec::new();
-    match p.get("created") {
+    match p.get(name) {
         None => {}
         Some(Param::Value(v)) => bounds.push(("eq".into(), v.parse().map_err(|_| invalid(v))?)),
         Some(Param::Hash(ops)) => {
@@ -197,7 +202,7 @@ pub fn created_filter(p: &Params) -> Result<impl Fn(i64) -> bool, ApiError> {
                     return Err(invalid("{...}"));
                 };
                 if !["gt", "gte", "lt", "lte"].contains(&op.as_str()) {
-                    return Err(ApiError::unknown_parameter(&format!("created[{op}]")));
+                    return Err(ApiError::unknown_parameter(&format!("{name}[{op}]")));
                 }
                 bounds.push((op.clone(), v.parse().map_err(|_| invalid(v))?));
             }

@@ -412,3 +412,78 @@ async fn search_finds_invoices_by_customer_and_status() {
     assert_eq!(answer.body["data"][0]["id"], draft.as_str());
     assert_eq!(answer.body["url"], "/v1/invoices/search");
 }
+
+#[tokio::test]
+async fn parameters_stripe_accepts_on_customers_are_accepted_and_unknown_ones_still_refused() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let created = stripe
+        .post(
+            "/v1/customers",
+            &[
+                ("name", "Ada"),
+                ("business_name", "Analytical Engines"),
+                ("individual_name", "Ada Lovelace"),
+                ("invoice_settings[footer]", "Thanks"),
+                ("shipping[name]", "Ada"),
+                ("shipping[address][line1]", "1 Engine Way"),
+                ("tax[validate_location]", "deferred"),
+                ("tax_id_data[0][type]", "eu_vat"),
+                ("tax_id_data[0][value]", "DE123456789"),
+                ("payment_method", "pm_card_visa"),
+                ("validate", "true"),
+                ("invoice_prefix", "ADA1"),
+                ("next_invoice_sequence", "7"),
+                ("tax_exempt", ""),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    assert_eq!(created.body["invoice_prefix"], "ADA1");
+    assert_eq!(created.body["next_invoice_sequence"], 7);
+    assert_eq!(
+        created.body["tax_exempt"], "none",
+        "an empty value unsets it"
+    );
+    let id = created.id();
+    let updated = stripe
+        .post(
+            &format!("/v1/customers/{id}"),
+            &[
+                ("default_source", "src_x"),
+                ("cash_balance[settings][reconciliation_mode]", "automatic"),
+            ],
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+    // The invoice number follows the prefix and sequence given.
+    let invoice = stripe.post("/v1/invoices", &[("customer", &id)]).await.id();
+    stripe
+        .post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", &id),
+                ("amount", "100"),
+                ("currency", "usd"),
+                ("invoice", &invoice),
+            ],
+        )
+        .await;
+    let open = stripe
+        .post(&format!("/v1/invoices/{invoice}/finalize"), &[])
+        .await;
+    assert_eq!(open.body["number"], "ADA1-0007");
+
+    for (path, param) in [
+        ("/v1/customers".to_owned(), "nickname"),
+        (format!("/v1/customers/{id}"), "payment_method"),
+        ("/v1/customers".to_owned(), "invoice_prefix"),
+    ] {
+        let value = if param == "invoice_prefix" {
+            "lower"
+        } else {
+            "x"
+        };
+        let refused = stripe.post(&path, &[(param, value)]).await;
+        assert_eq!(refused.status, 400, "{path} {param}");
+    }
+}

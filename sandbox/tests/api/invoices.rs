@@ -585,3 +585,88 @@ async fn description_footer_and_metadata_stay_editable_after_finalization() {
     let refused = stripe.post(&path, &[("amount_due", "1")]).await;
     assert_eq!(refused.error().1, "parameter_unknown");
 }
+
+#[tokio::test]
+async fn parameters_stripe_accepts_on_invoices_and_items_are_accepted_and_honoured_where_they_show()
+{
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let due = (chrono::Utc::now().timestamp() + 10 * 86_400).to_string();
+    let invoice = stripe
+        .post(
+            "/v1/invoices",
+            &[
+                ("customer", customer.as_str()),
+                ("collection_method", "send_invoice"),
+                ("due_date", due.as_str()),
+                ("statement_descriptor", "ENGINES"),
+                ("custom_fields[0][name]", "PO"),
+                ("custom_fields[0][value]", "42"),
+                ("default_tax_rates[0]", "txr_1"),
+                ("discounts[0][coupon]", "co_1"),
+                ("payment_settings[payment_method_types][0]", "card"),
+            ],
+        )
+        .await;
+    assert_eq!(invoice.status, 200, "{:?}", invoice.body);
+    assert_eq!(invoice.body["due_date"], due.parse::<i64>().unwrap());
+    let id = invoice.id();
+    let item = stripe
+        .post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", customer.as_str()),
+                ("currency", "usd"),
+                ("invoice", id.as_str()),
+                ("unit_amount_decimal", "250.5"),
+                ("quantity", "4"),
+                ("discountable", "false"),
+                ("tax_rates[0]", "txr_1"),
+                ("period[start]", "1700000000"),
+                ("period[end]", "1700086400"),
+            ],
+        )
+        .await;
+    assert_eq!(item.status, 200, "{:?}", item.body);
+    assert_eq!(item.body["amount"], 1002, "250.5 x 4");
+    let updated = stripe
+        .post(
+            &format!("/v1/invoices/{id}"),
+            &[("statement_descriptor", "X"), ("footer", "f")],
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+
+    let listed = |query: String| {
+        let stripe = &stripe;
+        async move {
+            let answer = stripe.get(&format!("/v1/invoices?{query}")).await;
+            assert_eq!(answer.status, 200, "{query}: {:?}", answer.body);
+            answer.body["data"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(listed(format!("due_date[gte]={due}")).await, 1);
+    assert_eq!(listed(format!("due_date[gt]={due}")).await, 0);
+    assert_eq!(listed("subscription=sub_1".into()).await, 0);
+    assert_eq!(listed(String::new()).await, 1);
+
+    let both = stripe
+        .post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", customer.as_str()),
+                ("currency", "usd"),
+                ("amount", "1"),
+                ("unit_amount_decimal", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(both.status, 400);
+    let unknown = stripe
+        .post(
+            "/v1/invoices",
+            &[("customer", customer.as_str()), ("colour", "red")],
+        )
+        .await;
+    assert_eq!(unknown.error().1, "parameter_unknown");
+}
