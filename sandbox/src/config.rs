@@ -34,6 +34,9 @@ pub struct SandboxConfig {
     pub seed_customers: usize,
     /// Invoices the account starts with, spread over the seeded customers, without events.
     pub seed_invoices: usize,
+    /// How long a customer's write takes to reach search (Stripe's search is eventually
+    /// consistent, up to a minute); 0: at once.
+    pub search_delay_ms: u64,
 }
 
 /// A fresh random `whsec_` secret.
@@ -57,6 +60,7 @@ impl Default for SandboxConfig {
             seed: None,
             seed_customers: 0,
             seed_invoices: 0,
+            search_delay_ms: 0,
         }
     }
 }
@@ -77,6 +81,7 @@ impl std::fmt::Debug for SandboxConfig {
             .field("seed", &self.seed)
             .field("seed_customers", &self.seed_customers)
             .field("seed_invoices", &self.seed_invoices)
+            .field("search_delay_ms", &self.search_delay_ms)
             .finish()
     }
 }
@@ -163,6 +168,9 @@ pub struct Cli {
     /// Invoices the account starts with, paid and open, spread over the seeded customers, without events
     #[arg(long, env = "SANDBOX_SEED_INVOICES", default_value_t = 0)]
     pub seed_invoices: usize,
+    /// Milliseconds before a customer's create or update shows in /v1/customers/search (Stripe's search lags, up to a minute)
+    #[arg(long, env = "SANDBOX_SEARCH_DELAY_MS", default_value_t = 0)]
+    pub search_delay_ms: u64,
 }
 
 impl Cli {
@@ -182,6 +190,7 @@ impl Cli {
             seed: self.seed,
             seed_customers: self.seed_customers,
             seed_invoices: self.seed_invoices,
+            search_delay_ms: self.search_delay_ms,
         };
         (config, generated)
     }

@@ -74,7 +74,9 @@ impl Sandbox {
             .webhook_url
             .as_ref()
             .map(|_| webhooks::Outbox::new(config.duplicate_rate));
-        let store = Arc::new(Mutex::new(Store::new(rng(), outbox.clone())));
+        let mut store = Store::new(rng(), outbox.clone());
+        store.search_delay = Duration::from_millis(config.search_delay_ms);
+        let store = Arc::new(Mutex::new(store));
         let shared = Arc::new(Shared::new(
             store.clone(),
             Knobs::new(&config, rng()),

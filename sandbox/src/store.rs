@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -52,6 +53,8 @@ pub struct Customer {
     pub invoice_prefix: String,
     pub next_invoice_sequence: u64,
     pub deleted: bool,
+    /// When it was last created or changed: search sees it `Store::search_delay` later.
+    pub written_at: Instant,
 }
 
 impl Customer {
@@ -73,6 +76,7 @@ impl Customer {
             invoice_prefix,
             next_invoice_sequence: 1,
             deleted: false,
+            written_at: Instant::now(),
         }
     }
 
@@ -503,6 +507,8 @@ pub struct Store {
     pub invoice_sequence: u64,
     /// How many customers seeding made, so that the next seeded one gets the next number.
     pub seeded_customers: usize,
+    /// How long a customer's write takes to reach search.
+    pub search_delay: Duration,
     pub rng: StdRng,
     outbox: Option<Arc<Outbox>>,
 }
@@ -517,6 +523,7 @@ impl Store {
             events: Table::default(),
             invoice_sequence: 0,
             seeded_customers: 0,
+            search_delay: Duration::ZERO,
             rng,
             outbox,
         }
@@ -569,7 +576,8 @@ impl Store {
 
     /// Replaces a stored customer with a changed copy, moving it in the email index when
     /// its email changed.
-    pub fn replace_customer(&mut self, customer: Customer) {
+    pub fn replace_customer(&mut self, mut customer: Customer) {
+        customer.written_at = Instant::now();
         let Some(position) = self.customers.position(&customer.id) else {
             return;
         };

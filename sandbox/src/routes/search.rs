@@ -3,7 +3,9 @@
 //! `field~value` (contains, ignoring case, at least 3 characters), `-` to negate a clause,
 //! `metadata['key']:value`, and clauses joined by `AND` or by `OR` (not both), at most 10.
 //! Values are quoted with `"` or `'`, or bare words. Results are newest first, a page of
-//! `limit` at a time, continued with `page` set to the previous `next_page`.
+//! `limit` at a time, continued with `page` set to the previous `next_page`. A customer
+//! shows in search `--search-delay-ms` after it was created or changed (Stripe's search
+//! lags its writes by up to a minute); until then it is not found at all.
 
 use serde_json::{json, Value};
 
@@ -227,7 +229,11 @@ pub fn customers(store: &Store, p: &Params) -> Result<Value, ApiError> {
         p,
         "/v1/customers/search",
         |c| &c.id,
-        |c| !c.deleted && query.matches(|f| field(c, f)),
+        |c| {
+            !c.deleted
+                && c.written_at.elapsed() >= store.search_delay
+                && query.matches(|f| field(c, f))
+        },
         Customer::to_json,
     )
 }

@@ -487,3 +487,43 @@ async fn parameters_stripe_accepts_on_customers_are_accepted_and_unknown_ones_st
         assert_eq!(refused.status, 400, "{path} {param}");
     }
 }
+
+#[tokio::test]
+async fn with_a_search_delay_a_new_customer_reaches_search_only_after_it() {
+    let (_sandbox, stripe) = start(SandboxConfig {
+        search_delay_ms: 300,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let ada = stripe.customer("Ada", "ada@example.com").await;
+    let search = || async {
+        stripe
+            .send(
+                stripe
+                    .request(reqwest::Method::GET, "/v1/customers/search")
+                    .query(&[("query", "email:'ada@example.com'")]),
+            )
+            .await
+            .body["data"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let first = search().await;
+    let first_at = started.elapsed();
+    // Polled with a deadline: found once the delay passed, never before.
+    let found = crate::helpers::eventually(
+        "the customer to reach search",
+        std::time::Duration::from_secs(10),
+        || async { (search().await == 1).then(std::time::Instant::now) },
+    )
+    .await;
+    if first_at < std::time::Duration::from_millis(300) {
+        assert_eq!(first, 0, "found before the delay");
+    }
+    assert!(found.duration_since(started) >= std::time::Duration::from_millis(300));
+    // Listing is not delayed.
+    let listed = stripe.get("/v1/customers").await;
+    assert_eq!(listed.body["data"][0]["id"], ada.as_str());
+}
