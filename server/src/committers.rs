@@ -107,15 +107,7 @@ pub fn events(url: &secrecy::SecretString, providers: Vec<Provider>) -> Events {
                     );
                 }
                 Err(e) if answers.is_empty() => return Err(e),
-                Err(e) => {
-                    let message = e.to_string();
-                    answers.extend(events.iter().map(|_| {
-                        Err(match &e {
-                            DbError::Unavailable(_) => DbError::Unavailable(message.clone()),
-                            _ => DbError::Unexpected(anyhow::anyhow!(message.clone())),
-                        })
-                    }));
-                }
+                Err(e) => answers.extend(events.iter().map(|_| Err(e.replicate()))),
             }
             rest = later;
         }
@@ -282,13 +274,12 @@ where
             }
         }
         Err(e) => {
-            let message = e.to_string();
-            let unavailable = matches!(e, DbError::Unavailable(_));
+            // A batch that failed as a whole says nothing of each item: every caller hears
+            // the database was unavailable, or an internal error.
             for reply in replies {
-                let error = if unavailable {
-                    DbError::Unavailable(message.clone())
-                } else {
-                    DbError::Unexpected(anyhow::anyhow!(message.clone()))
+                let error = match e.replicate() {
+                    DbError::Unavailable(message) => DbError::Unavailable(message),
+                    other => DbError::Unexpected(anyhow::anyhow!(other)),
                 };
                 let _ = reply.send(Err(error.into()));
             }

@@ -146,18 +146,7 @@ pub fn commit(
                 }
             }
             Err(e) if answers.is_empty() => return Err(e),
-            Err(e) => {
-                let message = e.to_string();
-                answers.extend(now.iter().map(|_| {
-                    Err(CatalogError::Db(match &e {
-                        DbError::Unavailable(_) => DbError::Unavailable(message.clone()),
-                        DbError::Conflict(_) => DbError::Conflict(message.clone()),
-                        DbError::Unexpected(_) => {
-                            DbError::Unexpected(anyhow::anyhow!(message.clone()))
-                        }
-                    }))
-                }));
-            }
+            Err(e) => answers.extend(now.iter().map(|_| Err(CatalogError::Db(e.replicate())))),
         }
         rest = later;
     }

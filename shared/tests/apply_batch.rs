@@ -254,9 +254,9 @@ fn name_of(conn: &mut PgConnection, id: &str) -> String {
         .name
 }
 
-#[test]
-fn a_tie_counts_as_received_only_once_it_is_settled_from_stripe() {
-    let providers = [Provider::Stripe];
+/// The seeded database after an event tied with the last one applied to `cus_tie`: the
+/// database, a connection, and the tie.
+fn tied(providers: &[Provider]) -> (TestDatabase, PgConnection, (Event, Value)) {
     let db = TestDatabase::create();
     let mut conn = db.connect();
     seed(&mut conn);
@@ -266,8 +266,15 @@ fn a_tie_counts_as_received_only_once_it_is_settled_from_stripe() {
         12,
         customer("cus_tie", "Tied", None),
     );
-    let answer = inbound::apply(&mut conn, &tie.0, &tie.1, &providers).unwrap();
+    let answer = inbound::apply(&mut conn, &tie.0, &tie.1, providers).unwrap();
     assert_eq!(answer, Applied::Handled(Effect::Tie));
+    (db, conn, tie)
+}
+
+#[test]
+fn a_tie_counts_as_received_only_once_it_is_settled_from_stripe() {
+    let providers = [Provider::Stripe];
+    let (_db, mut conn, tie) = tied(&providers);
     // Not recorded: a redelivery is decided again rather than answered as a duplicate.
     assert_eq!(events_named(&mut conn, "evt_t"), 0);
     assert_eq!(
@@ -308,17 +315,7 @@ fn a_tie_counts_as_received_only_once_it_is_settled_from_stripe() {
 #[test]
 fn a_tie_settled_after_a_newer_event_leaves_the_newer_state() {
     let providers = [Provider::Stripe];
-    let db = TestDatabase::create();
-    let mut conn = db.connect();
-    seed(&mut conn);
-    let tie = event(
-        "evt_t",
-        "customer.updated",
-        12,
-        customer("cus_tie", "Tied", None),
-    );
-    let answer = inbound::apply(&mut conn, &tie.0, &tie.1, &providers).unwrap();
-    assert_eq!(answer, Applied::Handled(Effect::Tie));
+    let (_db, mut conn, tie) = tied(&providers);
     // While the tie's customer was read from Stripe, a newer event was applied.
     let newer = event(
         "evt_n",

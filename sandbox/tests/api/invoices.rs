@@ -2,9 +2,8 @@ use sandbox::SandboxConfig;
 
 use crate::helpers::{fixture, keys, start, Answer, Stripe};
 
-async fn draft_with_amount(stripe: &Stripe, customer: &str, amount: &str) -> Answer {
-    let draft = stripe.post("/v1/invoices", &[("customer", customer)]).await;
-    assert_eq!(draft.status, 200, "{:?}", draft.body);
+/// Adds an item of `amount` cents to the draft `invoice`.
+async fn add_item(stripe: &Stripe, customer: &str, invoice: &str, amount: &str) {
     let item = stripe
         .post(
             "/v1/invoiceitems",
@@ -12,11 +11,17 @@ async fn draft_with_amount(stripe: &Stripe, customer: &str, amount: &str) -> Ans
                 ("customer", customer),
                 ("amount", amount),
                 ("currency", "usd"),
-                ("invoice", &draft.id()),
+                ("invoice", invoice),
             ],
         )
         .await;
     assert_eq!(item.status, 200, "{:?}", item.body);
+}
+
+async fn draft_with_amount(stripe: &Stripe, customer: &str, amount: &str) -> Answer {
+    let draft = stripe.post("/v1/invoices", &[("customer", customer)]).await;
+    assert_eq!(draft.status, 200, "{:?}", draft.body);
+    add_item(stripe, customer, &draft.id(), amount).await;
     stripe.get(&format!("/v1/invoices/{}", draft.id())).await
 }
 
@@ -363,18 +368,7 @@ async fn an_invoice_s_lines_url_lists_its_lines_a_page_at_a_time() {
         .post("/v1/invoices", &[("customer", &customer)])
         .await;
     for amount in ["100", "200", "300"] {
-        let item = stripe
-            .post(
-                "/v1/invoiceitems",
-                &[
-                    ("customer", customer.as_str()),
-                    ("amount", amount),
-                    ("currency", "usd"),
-                    ("invoice", &draft.id()),
-                ],
-            )
-            .await;
-        assert_eq!(item.status, 200);
+        add_item(&stripe, &customer, &draft.id(), amount).await;
     }
     let invoice = stripe.get(&format!("/v1/invoices/{}", draft.id())).await;
     let url = invoice.body["lines"]["url"].as_str().unwrap().to_owned();

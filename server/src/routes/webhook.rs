@@ -116,6 +116,8 @@ async fn settle_tie(
     let Some(stripe) = &hooks.stripe else {
         return Err(unsettled("no STRIPE_API_KEY to read the customer"));
     };
+    // Parsed again from the verified body: the first parse went to the committer, and
+    // cloning every event for the rare tie would cost more than this.
     let (event, raw) = Event::parse(body).map_err(|e| unsettled(&e))?;
     let Some(id) = event.object_id().map(str::to_owned) else {
         return Err(unsettled("the event names no customer"));

@@ -333,3 +333,23 @@ async fn concurrent_requests_under_one_key_run_it_once() {
     }
     assert_eq!(app.counts(), (33, 33));
 }
+
+#[tokio::test]
+async fn a_key_given_twice_in_one_batch_is_taken_once_and_a_different_request_under_it_is_refused()
+{
+    use shared::db::idempotency::{begin_many, Begun, Keyed};
+    let app = spawn_app().await;
+    let keyed = |request: &[u8]| Keyed {
+        token_hash: b"token".to_vec(),
+        key: "k-1".into(),
+        request_hash: request.to_vec(),
+    };
+    let (first, other, same) = (keyed(b"a"), keyed(b"b"), keyed(b"a"));
+    let begun = begin_many(
+        &mut app.conn(),
+        &[&first, &other, &same],
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(begun, [Begun::Run, Begun::OtherRequest, Begun::Running]);
+}

@@ -366,9 +366,9 @@ async fn a_same_second_tie_is_settled_with_the_customer_as_stripe_holds_it() {
     assert_eq!(deliver(&stack, &to_b).await.1["outcome"], "duplicate");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failed_payment_reaches_the_invoice_catalogue() {
-    let stack = stack_with(SandboxConfig::default(), true).await;
+/// A customer made in Stripe (imported by its webhook) and a draft invoice of 15.00 for
+/// it: (customer, invoice).
+async fn draft_invoice(stack: &Stack) -> (String, String) {
     let cus = stack
         .sandbox
         .dashboard(
@@ -400,6 +400,23 @@ async fn a_failed_payment_reaches_the_invoice_catalogue() {
             ],
         )
         .await;
+    (cus, invoice)
+}
+
+/// The invoice as the catalogue holds it.
+async fn catalogued(stack: &Stack, invoice: &str) -> serde_json::Value {
+    stack
+        .get(&format!("/api/v1/invoices/{invoice}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_payment_reaches_the_invoice_catalogue() {
+    let stack = stack_with(SandboxConfig::default(), true).await;
+    let (cus, invoice) = draft_invoice(&stack).await;
     let declined = reqwest::Client::new()
         .post(format!(
             "{}/v1/invoices/{invoice}/pay",
@@ -419,12 +436,7 @@ async fn a_failed_payment_reaches_the_invoice_catalogue() {
             .count_where("webhook_events", "event_type = 'invoice.payment_failed'"),
         1
     );
-    let stored: serde_json::Value = stack
-        .get(&format!("/api/v1/invoices/{invoice}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stored = catalogued(&stack, &invoice).await;
     assert_eq!(stored["status"], "open", "{stored}");
     assert_eq!(stored["amount_paid"], 0);
     assert_eq!(stored["customer_id"], cus.as_str());
@@ -433,37 +445,7 @@ async fn a_failed_payment_reaches_the_invoice_catalogue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invoice_updated_after_finalization_reaches_the_invoice_catalogue() {
     let stack = stack_with(SandboxConfig::default(), true).await;
-    let cus = stack
-        .sandbox
-        .dashboard(
-            Method::POST,
-            "/v1/customers",
-            &[("name", "Ada"), ("email", "ada@example.com")],
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let invoice = stack
-        .sandbox
-        .dashboard(Method::POST, "/v1/invoices", &[("customer", &cus)])
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    stack
-        .sandbox
-        .dashboard(
-            Method::POST,
-            "/v1/invoiceitems",
-            &[
-                ("customer", cus.as_str()),
-                ("amount", "1500"),
-                ("currency", "usd"),
-                ("invoice", invoice.as_str()),
-            ],
-        )
-        .await;
+    let (cus, invoice) = draft_invoice(&stack).await;
     let path = format!("/v1/invoices/{invoice}");
     let finalized = stack
         .sandbox
@@ -486,12 +468,7 @@ async fn an_invoice_updated_after_finalization_reaches_the_invoice_catalogue() {
         1,
         "the update after finalization was received"
     );
-    let stored: serde_json::Value = stack
-        .get(&format!("/api/v1/invoices/{invoice}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stored = catalogued(&stack, &invoice).await;
     assert_eq!(stored["status"], "open", "{stored}");
     assert_eq!(stored["number"], finalized["number"]);
     assert_eq!(stored["customer_id"], cus.as_str());

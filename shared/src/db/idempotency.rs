@@ -131,8 +131,19 @@ pub fn begin_many(
         .iter()
         .map(|k| {
             let id = (k.token_hash.clone(), k.key.clone());
-            if taken.contains(&id) && answered.insert(id.clone()) {
-                return Begun::Run;
+            if taken.contains(&id) {
+                if answered.insert(id) {
+                    return Begun::Run;
+                }
+                // Taken by an earlier request of this batch.
+                let first = first
+                    .iter()
+                    .find(|f| f.token_hash == k.token_hash && f.key == k.key);
+                return if first.is_some_and(|f| f.request_hash != k.request_hash) {
+                    Begun::OtherRequest
+                } else {
+                    Begun::Running
+                };
             }
             match existing.get(&id) {
                 Some(e) if e.request_hash != k.request_hash => Begun::OtherRequest,
@@ -146,8 +157,7 @@ pub fn begin_many(
                     content_type: content_type.clone(),
                     body: body.clone().unwrap_or_default(),
                 }),
-                // Still running, taken by an earlier request of this batch, or gone
-                // (pruned or abandoned) since: retry later.
+                // Still running, or gone (pruned or abandoned) since: retry later.
                 _ => Begun::Running,
             }
         })

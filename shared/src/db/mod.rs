@@ -218,6 +218,18 @@ pub enum DbError {
     Unexpected(#[from] anyhow::Error),
 }
 
+impl DbError {
+    /// The same error again, for each caller of a batch that failed as a whole (the cause
+    /// of an `Unexpected` error is kept as its message).
+    pub fn replicate(&self) -> DbError {
+        match self {
+            DbError::Unavailable(message) => DbError::Unavailable(message.clone()),
+            DbError::Conflict(message) => DbError::Conflict(message.clone()),
+            DbError::Unexpected(e) => DbError::Unexpected(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
 impl From<diesel::result::Error> for DbError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
