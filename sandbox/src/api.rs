@@ -194,6 +194,62 @@ impl Drop for ExecutingGuard<'_> {
     }
 }
 
+/// The API versions Stripe released since 2022-11-15, as the official SDKs pinned them
+/// (stripe-node 11 to 23). Older ones are plain dates the sandbox cannot list, so any real
+/// date before these is accepted.
+const RELEASED_VERSIONS: &[&str] = &[
+    "2022-11-15",
+    "2023-08-16",
+    "2023-10-16",
+    "2024-04-10",
+    "2024-06-20",
+    "2024-09-30.acacia",
+    "2024-10-28.acacia",
+    "2024-11-20.acacia",
+    "2024-12-18.acacia",
+    "2025-01-27.acacia",
+    "2025-02-24.acacia",
+    "2025-03-31.basil",
+    "2025-04-30.basil",
+    "2025-05-28.basil",
+    "2025-06-30.basil",
+    "2025-07-30.basil",
+    "2025-08-27.basil",
+    "2025-09-30.clover",
+    "2025-10-29.clover",
+    "2025-11-17.clover",
+    "2025-12-15.clover",
+    "2026-01-28.clover",
+    "2026-02-25.clover",
+    "2026-03-25.dahlia",
+    "2026-04-22.dahlia",
+    "2026-05-27.dahlia",
+    "2026-06-24.dahlia",
+    "2026-07-29.dahlia",
+    "2026-08-26.dahlia",
+    "2026-09-30.endive",
+    "2026-10-28.endive",
+    "2026-11-18.endive",
+];
+
+/// A `Stripe-Version` Stripe never released is refused, as Stripe refuses it; without the
+/// header the account's default applies.
+fn known_version(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(header) = req.headers().get("stripe-version") else {
+        return Ok(());
+    };
+    let version = header.to_str().unwrap_or_default();
+    let before_the_list = chrono::NaiveDate::parse_from_str(version, "%Y-%m-%d")
+        .is_ok_and(|d| d.to_string() == version && version < RELEASED_VERSIONS[0]);
+    if RELEASED_VERSIONS.contains(&version) || before_the_list {
+        return Ok(());
+    }
+    Err(ApiError::invalid(format!(
+        "Invalid Stripe API version: {}",
+        String::from_utf8_lossy(header.as_bytes())
+    )))
+}
+
 /// The key from `Authorization: Bearer sk_test_...` or HTTP Basic with the key as username.
 fn authenticate(req: &HttpRequest) -> Result<(), ApiError> {
     let header = req
@@ -388,7 +444,7 @@ async fn process(
     latency: Duration,
 ) -> Outcome {
     // Before execution: nothing here is stored under the key, so a retry may reuse it.
-    if let Err(e) = authenticate(req) {
+    if let Err(e) = authenticate(req).and_then(|()| known_version(req)) {
         return Outcome::error(&e, request_id);
     }
     {

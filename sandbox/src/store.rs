@@ -320,7 +320,6 @@ impl Invoice {
                 "object": "list",
                 "data": lines.iter().map(|l| l.line_json()).collect::<Vec<_>>(),
                 "has_more": false,
-                "total_count": lines.len(),
                 "url": format!("/v1/invoices/{}/lines", self.id)
             },
             "livemode": false,

@@ -2,66 +2,14 @@
 //! (customers, idempotent replay, errors, invoices, events) and verifies the webhooks the
 //! sandbox delivered with its own `stripe.Webhook.construct_event`.
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use sandbox::{Sandbox, SandboxConfig};
 
-type Recorded = Arc<Mutex<Vec<(String, String)>>>;
-
-/// A venv with `stripe` under the target dir, made once and reused.
-fn python_with_stripe() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-stripe-venv");
-    let python = venv.join("bin").join("python");
-    let has_stripe = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import stripe"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if has_stripe(&python) {
-        return python;
-    }
-    let created = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output();
-    match created {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "the Stripe SDK for Python could not be installed: python3 -m venv failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("the Stripe SDK for Python could not be installed: no python3 ({e})"),
-    }
-    let pip = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "stripe"])
-        .output()
-        .expect("running pip");
-    assert!(
-        pip.status.success() && has_stripe(&python),
-        "the Stripe SDK for Python could not be installed (pip install stripe): {}",
-        String::from_utf8_lossy(&pip.stderr)
-    );
-    python
-}
-
-async fn record(req: HttpRequest, body: web::Bytes, seen: web::Data<Recorded>) -> HttpResponse {
-    let signature = req
-        .headers()
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = String::from_utf8(body.to_vec()).expect("UTF-8 JSON");
-    seen.lock().unwrap().push((body, signature));
-    HttpResponse::Ok().finish()
-}
+mod tools;
+use tools::{python_with_stripe, webhook_receiver, write_deliveries, Recorded};
 
 fn run(python: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk_compat.py");
@@ -86,21 +34,8 @@ async fn the_official_python_sdk_works_unchanged_against_the_sandbox() {
         .await
         .unwrap();
 
-    let seen: Recorded = Arc::default();
-    let data = web::Data::new(seen.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let receiver_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let receiver = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .default_service(web::to(record))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    tokio::spawn(receiver);
+    let seen = Recorded::default();
+    let receiver_url = webhook_receiver(seen.clone());
 
     let sandbox = Sandbox::start(SandboxConfig {
         webhook_url: Some(receiver_url),
@@ -131,14 +66,7 @@ async fn the_official_python_sdk_works_unchanged_against_the_sandbox() {
     assert!(sdk_keys > 5, "the SDK sends a key on every POST");
 
     assert!(sandbox.wait_webhooks_idle(Duration::from_secs(30)).await);
-    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-sdk-webhooks.jsonl");
-    {
-        let mut out = std::fs::File::create(&file).unwrap();
-        for (body, signature) in seen.lock().unwrap().iter() {
-            let line = serde_json::json!({"body": body, "signature": signature});
-            writeln!(out, "{line}").unwrap();
-        }
-    }
+    let file = write_deliveries(&seen, "sandbox-sdk-webhooks.jsonl");
     assert_eq!(seen.lock().unwrap().len(), sandbox.events().len());
     let secret = sandbox.webhook_secret().to_owned();
     let file_arg = file.to_string_lossy().into_owned();

@@ -214,6 +214,7 @@ fn emit_updated(store: &mut Store, before: Value, after: Value, cause: &Cause) {
 pub fn list_items(store: &Store, p: &Params) -> Result<Value, ApiError> {
     p.allow(&[
         "customer",
+        "customer_account",
         "invoice",
         "pending",
         "limit",
@@ -226,8 +227,11 @@ pub fn list_items(store: &Store, p: &Params) -> Result<Value, ApiError> {
     let invoice = p.str("invoice")?;
     let pending = p.bool("pending")?;
     let created = created_filter(p)?;
+    // No item here belongs to a customer account (Accounts v2): that filter leaves nothing.
+    let by_account = p.str("customer_account")?.is_some();
     let keep = |i: &InvoiceItem| {
-        customer.is_none_or(|c| i.customer == c)
+        !by_account
+            && customer.is_none_or(|c| i.customer == c)
             && invoice.is_none_or(|inv| i.invoice.as_deref() == Some(inv))
             && pending.is_none_or(|pend| pend == i.invoice.is_none())
             && created(i.created)
@@ -266,6 +270,10 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
                 "metadata",
                 "currency",
                 "pending_invoice_items_behavior",
+                "number",
+                "subscription",
+                "from_invoice",
+                "customer_account",
                 "expand",
             ][..],
             INVOICE_IGNORED,
@@ -281,25 +289,22 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
         .unwrap_or_else(|| "charge_automatically".into());
     let days_until_due = p.int("days_until_due")?;
     let due_date = p.int("due_date")?;
-    match (collection_method.as_str(), days_until_due, due_date) {
-        ("send_invoice", None, None) => return Err(ApiError::missing_parameter("days_until_due")),
-        ("send_invoice", Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "You may only specify one of these parameters: days_until_due, due_date.",
-            ))
-        }
-        ("charge_automatically", Some(_), _) | ("charge_automatically", _, Some(_)) => {
-            let param = if due_date.is_some() {
-                "due_date"
-            } else {
-                "days_until_due"
-            };
-            return Err(ApiError::invalid(format!(
-                "You can only set {param} when collection_method is send_invoice."
-            ))
-            .param(param));
-        }
-        _ => {}
+    payment_terms(&collection_method, days_until_due, due_date)?;
+    let number = nullable(p, "number")?.flatten();
+    if let Some(subscription) = p.str("subscription")? {
+        // The sandbox has no subscriptions, so no id can name one.
+        return Err(ApiError::no_such(
+            "subscription",
+            subscription,
+            "subscription",
+        ));
+    }
+    if p.get("from_invoice").is_some() {
+        return Err(ApiError::invalid(
+            "The sandbox does not make invoice revisions (from_invoice); create the invoice \
+             anew instead.",
+        )
+        .param("from_invoice"));
     }
     // Stripe's default since 2022-08-01 is `exclude`: pending items stay pending.
     let include = p
@@ -340,7 +345,7 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
         due_date,
         metadata: BTreeMap::new(),
         auto_advance,
-        number: None,
+        number,
         items: pending.clone(),
         amount_paid: 0,
         attempted: false,
@@ -361,6 +366,33 @@ pub fn create(store: &mut Store, p: &Params, cause: &Cause) -> Result<Value, Api
     let object = invoice_json(store, &id);
     store.emit("invoice.created", object.clone(), None, cause);
     Ok(object)
+}
+
+/// When a `send_invoice` invoice is due: in `days_until_due` days or on `due_date`, one of
+/// them; an invoice charged automatically takes neither.
+fn payment_terms(
+    collection_method: &str,
+    days_until_due: Option<i64>,
+    due_date: Option<i64>,
+) -> Result<(), ApiError> {
+    match (collection_method, days_until_due, due_date) {
+        ("send_invoice", None, None) => Err(ApiError::missing_parameter("days_until_due")),
+        ("send_invoice", Some(_), Some(_)) => Err(ApiError::invalid(
+            "You may only specify one of these parameters: days_until_due, due_date.",
+        )),
+        ("charge_automatically", Some(_), _) | ("charge_automatically", _, Some(_)) => {
+            let param = if due_date.is_some() {
+                "due_date"
+            } else {
+                "days_until_due"
+            };
+            Err(ApiError::invalid(format!(
+                "You can only set {param} when collection_method is send_invoice."
+            ))
+            .param(param))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn existing<'a>(store: &'a Store, id: &str) -> Result<&'a Invoice, ApiError> {
@@ -456,8 +488,8 @@ pub fn lines(store: &Store, id: &str, p: &Params) -> Result<Value, ApiError> {
 }
 
 pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<Value, ApiError> {
-    // Description, footer and metadata stay editable after finalization, as in Stripe
-    // (amounts and the collection method do not, and are not parameters here).
+    // Description, footer and metadata stay editable after finalization, as in Stripe;
+    // the number and the payment terms only on a draft.
     p.allow(
         &[
             INVOICE_IGNORED,
@@ -466,11 +498,36 @@ pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<
                 "footer",
                 "metadata",
                 "auto_advance",
+                "number",
+                "collection_method",
+                "days_until_due",
+                "due_date",
                 "expand",
             ],
         ]
         .concat(),
     )?;
+    let number = nullable(p, "number")?;
+    let collection_method = p.one_of(
+        "collection_method",
+        &["charge_automatically", "send_invoice"],
+    )?;
+    let days_until_due = p.int("days_until_due")?;
+    let due_date = p.int("due_date")?;
+    let draft_only = [
+        ("number", number.is_some()),
+        ("collection_method", collection_method.is_some()),
+        ("days_until_due", days_until_due.is_some()),
+        ("due_date", due_date.is_some()),
+    ];
+    if let Some((param, _)) = draft_only.iter().find(|(_, given)| *given) {
+        if existing(store, id)?.status != InvoiceStatus::Draft {
+            return Err(ApiError::invalid(format!(
+                "You can only update {param} on a draft invoice."
+            ))
+            .param(param));
+        }
+    }
     let description = nullable(p, "description")?;
     let footer = nullable(p, "footer")?;
     let metadata = metadata_param(p)?;
@@ -490,6 +547,18 @@ pub fn update(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<
     }
     if let Some(auto_advance) = auto_advance {
         updated.auto_advance = auto_advance;
+    }
+    if let Some(number) = number {
+        updated.number = number;
+    }
+    if collection_method.is_some() || days_until_due.is_some() || due_date.is_some() {
+        // The terms given replace the old ones as a whole.
+        if let Some(method) = collection_method {
+            updated.collection_method = method;
+        }
+        updated.days_until_due = days_until_due;
+        updated.due_date = due_date;
+        payment_terms(&updated.collection_method, days_until_due, due_date)?;
     }
     *invoice = updated;
     let after = invoice_json(store, id);
@@ -518,11 +587,15 @@ pub fn delete(store: &mut Store, id: &str, p: &Params, cause: &Cause) -> Result<
 /// Finalizes a draft: number, URLs, `finalized_at`; a zero-amount invoice is paid at once.
 fn finalize(store: &mut Store, id: &str, cause: &Cause) {
     let at = now();
-    let customer_id = store.invoices.get(id).expect("exists").customer.clone();
-    let number = store.customers.get_mut(&customer_id).map(|c| {
-        let number = format!("{}-{:04}", c.invoice_prefix, c.next_invoice_sequence);
-        c.next_invoice_sequence += 1;
-        number
+    let draft = store.invoices.get(id).expect("exists");
+    let (customer_id, given) = (draft.customer.clone(), draft.number.clone());
+    // A number set on the draft is kept; otherwise the customer's sequence gives one.
+    let number = given.or_else(|| {
+        store.customers.get_mut(&customer_id).map(|c| {
+            let number = format!("{}-{:04}", c.invoice_prefix, c.next_invoice_sequence);
+            c.next_invoice_sequence += 1;
+            number
+        })
     });
     store.invoice_sequence += 1;
     let invoice = store.invoices.get_mut(id).expect("exists");
@@ -608,6 +681,7 @@ pub fn act(
                 "payment_method",
                 "source",
                 "forgive",
+                "mandate",
                 "off_session",
                 "expand",
             ])?;

@@ -527,3 +527,45 @@ async fn with_a_search_delay_a_new_customer_reaches_search_only_after_it() {
     let listed = stripe.get("/v1/customers").await;
     assert_eq!(listed.body["data"][0]["id"], ada.as_str());
 }
+
+#[tokio::test]
+async fn a_stripe_version_stripe_never_released_is_refused_and_changes_nothing() {
+    let (sandbox, stripe) = start(SandboxConfig::default()).await;
+    let create_with = |version: &str| {
+        stripe.send(
+            stripe
+                .request(reqwest::Method::POST, "/v1/customers")
+                .header("Stripe-Version", version)
+                .form(&[("name", "Ada")]),
+        )
+    };
+    for version in [
+        "2099-01-01",
+        "2026-10-29.endive",
+        "2026-10-28.basil",
+        "latest",
+        "2021-02-30",
+    ] {
+        let refused = create_with(version).await;
+        assert_eq!(refused.status, 400, "{version:?}: {:?}", refused.body);
+        assert_eq!(refused.error().0, "invalid_request_error");
+        assert_eq!(
+            refused.body["error"]["message"],
+            format!("Invalid Stripe API version: {version}")
+        );
+    }
+    assert!(
+        sandbox.customers().is_empty(),
+        "a refused version changes nothing"
+    );
+    for version in [
+        shared::stripe::API_VERSION,
+        "2026-11-18.endive",
+        "2024-06-20",
+        "2020-08-27",
+    ] {
+        let accepted = create_with(version).await;
+        assert_eq!(accepted.status, 200, "{version}: {:?}", accepted.body);
+        assert_eq!(accepted.header("stripe-version"), Some(version));
+    }
+}

@@ -664,3 +664,87 @@ async fn parameters_stripe_accepts_on_invoices_and_items_are_accepted_and_honour
         .await;
     assert_eq!(unknown.error().1, "parameter_unknown");
 }
+
+#[tokio::test]
+async fn a_drafts_number_and_payment_terms_can_be_changed_and_the_number_is_kept() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let draft = draft_with_amount(&stripe, &customer, "1500").await;
+    let path = format!("/v1/invoices/{}", draft.id());
+    let terms = stripe
+        .post(
+            &path,
+            &[
+                ("number", "ACME-2026-7"),
+                ("collection_method", "send_invoice"),
+                ("days_until_due", "14"),
+            ],
+        )
+        .await;
+    assert_eq!(terms.status, 200, "{:?}", terms.body);
+    assert_eq!(terms.body["number"], "ACME-2026-7");
+    assert_eq!(terms.body["collection_method"], "send_invoice");
+    assert_eq!(
+        terms.body["due_date"].as_i64().unwrap() - terms.body["created"].as_i64().unwrap(),
+        14 * 86_400
+    );
+    let half = stripe
+        .post(&path, &[("collection_method", "send_invoice")])
+        .await;
+    assert_eq!(half.status, 400, "terms are given whole: {:?}", half.body);
+
+    let open = stripe.post(&format!("{path}/finalize"), &[]).await;
+    assert_eq!(open.body["number"], "ACME-2026-7", "a given number is kept");
+    for (param, value) in [
+        ("number", "OTHER-1"),
+        ("days_until_due", "30"),
+        ("collection_method", "charge_automatically"),
+    ] {
+        let refused = stripe.post(&path, &[(param, value)]).await;
+        assert_eq!(refused.status, 400, "{param}: {:?}", refused.body);
+        assert_eq!(refused.error().0, "invalid_request_error");
+        assert_eq!(refused.body["error"]["param"], param);
+    }
+    let after = stripe.get(&path).await;
+    assert_eq!(after.body["number"], "ACME-2026-7");
+    assert_eq!(after.body["collection_method"], "send_invoice");
+}
+
+#[tokio::test]
+async fn an_invoice_for_a_subscription_the_account_lacks_is_a_404_and_a_mandate_is_accepted() {
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let missing = stripe
+        .post(
+            "/v1/invoices",
+            &[("customer", &customer), ("subscription", "sub_nope")],
+        )
+        .await;
+    assert_eq!(missing.status, 404, "{:?}", missing.body);
+    assert_eq!(missing.body["error"]["param"], "subscription");
+    let open = draft_with_amount(&stripe, &customer, "500").await;
+    stripe
+        .post(&format!("/v1/invoices/{}/finalize", open.id()), &[])
+        .await;
+    let paid = stripe
+        .post(
+            &format!("/v1/invoices/{}/pay", open.id()),
+            &[("mandate", "mandate_123")],
+        )
+        .await;
+    assert_eq!(paid.status, 200, "{:?}", paid.body);
+    assert_eq!(paid.body["status"], "paid");
+}
+
+#[tokio::test]
+async fn an_invoices_embedded_lines_carry_no_total_count() {
+    // Stripe's invoice (the description and the recorded fixture) has object, data,
+    // has_more and url in `lines`, nothing more.
+    let (_sandbox, stripe) = start(SandboxConfig::default()).await;
+    let customer = stripe.customer("Ada", "ada@example.com").await;
+    let draft = draft_with_amount(&stripe, &customer, "500").await;
+    assert_eq!(
+        keys(&draft.body["lines"]),
+        keys(&fixture("invoice.json")["lines"])
+    );
+}

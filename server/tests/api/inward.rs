@@ -473,3 +473,47 @@ async fn an_invoice_updated_after_finalization_reaches_the_invoice_catalogue() {
     assert_eq!(stored["number"], finalized["number"]);
     assert_eq!(stored["customer_id"], cus.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invoice_with_its_customer_expanded_reaches_the_invoice_catalogue_linked() {
+    // Webhooks off: the only invoice the server hears of is the one delivered here, in the
+    // shape the sandbox answers `expand[]=customer` with.
+    let stack = stack_with(SandboxConfig::default(), false).await;
+    let t = chrono::Utc::now().timestamp();
+    let (cus, invoice) = draft_invoice(&stack).await;
+    let customer = stack
+        .sandbox
+        .dashboard(Method::GET, &format!("/v1/customers/{cus}"), &[])
+        .await;
+    let created = customer_event("evt_expand_0", t, &customer, "Ada", None);
+    assert_eq!(deliver(&stack, &created).await.1["outcome"], "imported");
+    stack
+        .sandbox
+        .dashboard(
+            Method::POST,
+            &format!("/v1/invoices/{invoice}/finalize"),
+            &[],
+        )
+        .await;
+    let expanded = stack
+        .sandbox
+        .dashboard(
+            Method::GET,
+            &format!("/v1/invoices/{invoice}?expand[]=customer"),
+            &[],
+        )
+        .await;
+    assert_eq!(expanded["customer"]["object"], "customer", "{expanded}");
+    let event = json!({"id": "evt_expand_1", "object": "event", "type": "invoice.finalized",
+        "created": t + 1, "data": {"object": expanded}});
+    let (status, body) = deliver(&stack, &event).await;
+    assert_eq!(status, 200, "{body}");
+    let stored = catalogued(&stack, &invoice).await;
+    assert_eq!(stored["status"], "open", "{stored}");
+    assert_eq!(stored["stripe_customer_id"], cus.as_str(), "{stored}");
+    assert_eq!(
+        stored["customer_id"],
+        cus.as_str(),
+        "linked to the imported customer"
+    );
+}
