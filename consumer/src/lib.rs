@@ -7,6 +7,7 @@ pub mod catch_up;
 pub mod foreground;
 pub mod jobs;
 pub mod providers;
+pub mod retention;
 pub mod startup;
 pub mod subscriber;
 pub mod worker;

@@ -87,6 +87,10 @@ impl Consumer {
                 )));
             }
         }
+        if let Some(days) = settings.retention_days {
+            let retention = crate::retention::Retention::new(worker.pool.clone(), days);
+            loops.push(tokio::spawn(retention.run(stop.clone())));
+        }
         tracing::info!(
             owner = %worker.owner,
             topics = ?settings.providers,

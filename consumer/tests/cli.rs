@@ -59,6 +59,16 @@ fn bad_topics_and_settings_stop_the_consumer_naming_them() {
         ),
         (
             vec!["--topic", "stripe"],
+            vec![key, ("RETENTION_DAYS", "a month")],
+            "RETENTION_DAYS",
+        ),
+        (
+            vec!["--topic", "stripe"],
+            vec![key, ("RETENTION_DAYS", "-1")],
+            "RETENTION_DAYS",
+        ),
+        (
+            vec!["--topic", "stripe"],
             vec![key, ("CONSUMER_SWEEP_INTERVAL_MS", "1")],
             "CONSUMER_SWEEP_INTERVAL_MS",
         ),

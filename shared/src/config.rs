@@ -555,6 +555,11 @@ pub struct ConsumerArgs {
     /// customer_sync_id instead of creating a second one (true or false)
     #[arg(long, env = "STRIPE_ADOPT_BY_EMAIL", default_value = "true")]
     pub stripe_adopt_by_email: String,
+    /// Succeeded tasks and received events older than this many days are removed, hourly,
+    /// by one consumer at a time; events are kept at least 30 days whatever this says
+    /// (0 keeps everything)
+    #[arg(long, env = "RETENTION_DAYS", default_value = "30")]
+    pub retention_days: String,
 }
 
 /// A job run in the foreground.
@@ -616,6 +621,8 @@ pub struct ConsumerSettings {
     pub reconcile_interval: Option<Duration>,
     /// Adoption by email on create.
     pub adopt_by_email: bool,
+    /// Days succeeded tasks and events are kept; `None` keeps everything.
+    pub retention_days: Option<u32>,
     /// A job to run in the foreground instead of serving topics.
     pub job: Option<JobRequest>,
 }
@@ -734,6 +741,10 @@ impl TryFrom<ConsumerArgs> for ConsumerSettings {
                 hours => Some(Duration::from_secs(hours * 3600)),
             },
             adopt_by_email: boolean(&args.stripe_adopt_by_email, "STRIPE_ADOPT_BY_EMAIL")?,
+            retention_days: match number(&args.retention_days, "RETENTION_DAYS", 0, 36_500)? {
+                0 => None,
+                days => Some(days as u32),
+            },
             job,
         })
     }

@@ -302,7 +302,7 @@ async fn an_update_for_a_customer_deleted_in_stripe_before_its_webhook_arrives_i
 }
 
 /// Delivers `event` to the loop's server as the sandbox would sign it.
-async fn deliver(stack: &Stack, event: &serde_json::Value) -> (u16, serde_json::Value) {
+pub(crate) async fn deliver(stack: &Stack, event: &serde_json::Value) -> (u16, serde_json::Value) {
     let body = serde_json::to_vec(event).unwrap();
     let now = chrono::Utc::now().timestamp();
     let signature = shared::stripe::signature::sign(stack.sandbox.webhook_secret(), now, &body);

@@ -10,6 +10,7 @@ pub mod invoices;
 pub mod jobs;
 pub mod links;
 pub mod manual_links;
+pub mod retention;
 pub mod schema;
 pub mod statement;
 pub mod tasks;

@@ -67,6 +67,8 @@ pub fn consumer(common: CommonSettings) -> ConsumerSettings {
         events_poll: None,
         reconcile_interval: None,
         adopt_by_email: true,
+        // Tests prune by calling a pass themselves.
+        retention_days: None,
         job: None,
     }
 }

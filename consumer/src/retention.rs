@@ -1,0 +1,167 @@
+//! The retention pass: every [`EVERY`], the one consumer that takes the advisory lock
+//! removes succeeded tasks older than `RETENTION_DAYS` and events older than that (and
+//! than Stripe's 30 days) in batches of [`BATCH`], resting between batches so that live
+//! traffic keeps the disk and the locks. See `shared::db::retention` for what is kept.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use shared::db::retention::{self, EventsWalk, EVENTS_KEPT_DAYS};
+use shared::db::{DbError, PgPool};
+use tokio::sync::watch;
+
+/// How often a pass starts (the first one a minute after start-up).
+pub const EVERY: Duration = Duration::from_secs(3600);
+/// Rows per statement: a few milliseconds of locks and WAL each.
+pub const BATCH: i64 = 1000;
+/// The rest between two batches, so a long pass takes at most about half of one core.
+const REST: Duration = Duration::from_millis(20);
+
+/// What one pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub tasks: usize,
+    pub events: usize,
+}
+
+/// The retention settings of one consumer.
+#[derive(Clone)]
+pub struct Retention {
+    pub pool: PgPool,
+    /// Succeeded tasks older than this many days go; events older than this and than
+    /// [`EVENTS_KEPT_DAYS`].
+    pub days: u32,
+    /// The rest between batches (tests set none).
+    pub rest: Duration,
+}
+
+impl Retention {
+    pub fn new(pool: PgPool, days: u32) -> Self {
+        Self {
+            pool,
+            days,
+            rest: REST,
+        }
+    }
+
+    /// Passes every [`EVERY`] until shutdown.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut wait = Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            wait = EVERY;
+            match self.pass(Some(&mut shutdown)).await {
+                Ok(None) => tracing::debug!("retention: another process is pruning"),
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; next one in an hour"),
+            }
+        }
+    }
+
+    /// One pass, if no other process is running one: what it removed, or `None`.
+    /// Stops between batches when `shutdown` fires.
+    pub async fn pass(
+        &self,
+        shutdown: Option<&mut watch::Receiver<bool>>,
+    ) -> Result<Option<Pruned>, DbError> {
+        let pool = self.pool.clone();
+        let conn = tokio::task::spawn_blocking(move || pool.get())
+            .await
+            .map_err(|e| DbError::Unexpected(anyhow::anyhow!("retention task failed: {e}")))?
+            .map_err(|e| DbError::Unavailable(e.to_string()))?;
+        // The lock lives on this session: every batch runs on it, and it is released at
+        // the end, failed or not (a session that died took the lock with it).
+        let mut conn = Some(conn);
+        if !blocking(&mut conn, retention::try_lock).await? {
+            return Ok(None);
+        }
+        let result = self.batches(&mut conn, shutdown).await;
+        let unlocked = blocking(&mut conn, retention::unlock).await;
+        let pruned = result?;
+        unlocked?;
+        Ok(Some(pruned))
+    }
+
+    async fn batches(
+        &self,
+        conn: &mut Option<shared::db::PgConn>,
+        mut shutdown: Option<&mut watch::Receiver<bool>>,
+    ) -> Result<Pruned, DbError> {
+        let started = Instant::now();
+        let now = Utc::now();
+        let tasks_before = now - chrono::Duration::days(i64::from(self.days));
+        let events_before =
+            now - chrono::Duration::days(i64::from(self.days.max(EVENTS_KEPT_DAYS)));
+        tracing::info!(%tasks_before, %events_before, "retention pass started");
+        let mut pruned = Pruned::default();
+        let stopping = |shutdown: &mut Option<&mut watch::Receiver<bool>>| {
+            shutdown.as_deref().is_some_and(|s| *s.borrow())
+        };
+        loop {
+            let removed = blocking(conn, move |c| {
+                retention::prune_tasks(c, tasks_before, BATCH)
+            })
+            .await?;
+            pruned.tasks += removed;
+            if removed < BATCH as usize || stopping(&mut shutdown) {
+                break;
+            }
+            self.progress(&pruned, started);
+            tokio::time::sleep(self.rest).await;
+        }
+        let mut walk: Option<EventsWalk> = None;
+        while !stopping(&mut shutdown) {
+            let from = walk.clone();
+            let (removed, next) = blocking(conn, move |c| {
+                retention::prune_events(c, events_before, from.as_ref(), BATCH)
+            })
+            .await?;
+            pruned.events += removed;
+            let Some(next) = next else { break };
+            walk = Some(next);
+            self.progress(&pruned, started);
+            tokio::time::sleep(self.rest).await;
+        }
+        tracing::info!(
+            tasks = pruned.tasks,
+            events = pruned.events,
+            seconds = started.elapsed().as_secs_f64(),
+            "retention pass done"
+        );
+        Ok(pruned)
+    }
+
+    fn progress(&self, pruned: &Pruned, started: Instant) {
+        let total = pruned.tasks + pruned.events;
+        if total > 0 && total % (100 * BATCH as usize) < BATCH as usize {
+            tracing::info!(
+                tasks = pruned.tasks,
+                events = pruned.events,
+                seconds = started.elapsed().as_secs_f64(),
+                "retention pass under way"
+            );
+        }
+    }
+}
+
+/// Runs `work` on the pass's own connection on the blocking pool.
+async fn blocking<T, F>(conn: &mut Option<shared::db::PgConn>, work: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<T> + Send + 'static,
+{
+    let mut c = conn
+        .take()
+        .ok_or_else(|| DbError::Unavailable("the retention connection was lost".into()))?;
+    let (c, result) = tokio::task::spawn_blocking(move || {
+        let result = work(&mut c);
+        (c, result)
+    })
+    .await
+    .map_err(|e| DbError::Unexpected(anyhow::anyhow!("retention task failed: {e}")))?;
+    *conn = Some(c);
+    result.map_err(DbError::from)
+}

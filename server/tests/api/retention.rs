@@ -1,0 +1,243 @@
+//! Retention: what a pass removes and keeps, event-id dedup after it, one pass at a time,
+//! and a pass running while creates and webhooks flow.
+
+use std::time::Duration;
+
+use consumer::retention::Retention;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use sandbox::SandboxConfig;
+use serde_json::json;
+use shared::db::{self, PgPool};
+use shared::testing::TestDatabase;
+
+use crate::helpers::{spawn_app, spawn_loop, WAIT};
+
+fn pool(db: &TestDatabase) -> PgPool {
+    db::connect(&db.url.clone().into(), 4).unwrap()
+}
+
+fn retention(db: &TestDatabase, days: u32) -> Retention {
+    Retention {
+        rest: Duration::ZERO,
+        ..Retention::new(pool(db), days)
+    }
+}
+
+/// The ids left in `table`, sorted.
+fn ids(conn: &mut PgConnection, table: &str) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+    }
+    let mut ids: Vec<String> = diesel::sql_query(format!("SELECT id::text AS id FROM {table}"))
+        .load::<Id>(conn)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A task row of `status` for customer c-1, completed `days` ago (ids are readable uuids).
+fn task(n: u32, status: &str, days: u32) -> String {
+    format!(
+        "INSERT INTO sync_tasks (id, provider, customer_id, operation, version, status, \
+           idempotency_key, created_at, updated_at, completed_at) \
+         VALUES ('00000000-0000-0000-0000-{n:012}', 'stripe', 'c-1', 'update', {n}, '{status}', \
+           'k{n}', now() - interval '{days} days' - interval '1 minute', \
+           now() - interval '{days} days', \
+           CASE WHEN '{status}' = 'succeeded' THEN now() - interval '{days} days' END);"
+    )
+}
+
+/// An event about `object` created (by Stripe's clock) and received `days` ago.
+fn event(id: &str, object: Option<&str>, days: u32, second: i64) -> String {
+    let object = object.map_or("NULL".to_owned(), |o| format!("'{o}'"));
+    format!(
+        "INSERT INTO webhook_events (id, event_type, created, object_id, payload, received_at) \
+         VALUES ('{id}', 'customer.updated', \
+           extract(epoch FROM now() - interval '{days} days')::bigint + {second}, {object}, \
+           '{{}}', now() - interval '{days} days');"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_removes_old_succeeded_tasks_and_events_and_keeps_what_is_still_needed() {
+    let app = spawn_app().await;
+    let mut conn = app.conn();
+    conn.batch_execute(&format!(
+        "INSERT INTO customers (id, name, email) VALUES ('c-1', 'Ada', 'ada@example.com'); {}",
+        [
+            task(1, "succeeded", 40),              // removed
+            task(2, "succeeded", 8),               // removed (RETENTION_DAYS 7)
+            task(3, "succeeded", 6),               // kept: younger
+            task(4, "dead", 90),                   // kept: an operator's to see
+            task(5, "pending", 90),                // kept: work
+            event("evt_a1", Some("cus_a"), 60, 0), // removed: cus_a has newer ones
+            event("evt_a2", Some("cus_a"), 45, 0), // removed
+            event("evt_a3", Some("cus_a"), 40, 0), // kept: cus_a's latest
+            event("evt_b1", Some("cus_b"), 90, 0), // kept: cus_b's only (latest) event
+            event("evt_c1", Some("cus_c"), 20, 0), // kept: within Stripe's 30 days
+            event("evt_c2", Some("cus_c"), 10, 0), // kept
+            event("evt_n1", None, 50, 0),          // removed: about no object
+            event("evt_t1", Some("cus_t"), 50, 0), // same second: the higher id is latest
+            event("evt_t2", Some("cus_t"), 50, 0),
+        ]
+        .concat()
+    ))
+    .unwrap();
+
+    let pruned = retention(&app.db, 7).pass(None).await.unwrap().unwrap();
+    assert_eq!((pruned.tasks, pruned.events), (2, 4));
+    assert_eq!(
+        ids(&mut conn, "sync_tasks"),
+        [3, 4, 5].map(|n| format!("00000000-0000-0000-0000-{n:012}"))
+    );
+    assert_eq!(
+        ids(&mut conn, "webhook_events"),
+        ["evt_a3", "evt_b1", "evt_c1", "evt_c2", "evt_t2"]
+    );
+    // A second pass finds nothing more.
+    let again = retention(&app.db, 7).pass(None).await.unwrap().unwrap();
+    assert_eq!((again.tasks, again.events), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_an_unfinished_job_may_read_are_kept_until_it_ends() {
+    let app = spawn_app().await;
+    let mut conn = app.conn();
+    conn.batch_execute(&format!(
+        "INSERT INTO customers (id, name, email) VALUES ('c-1', 'Ada', 'ada@example.com'); {}{}",
+        task(1, "succeeded", 60),
+        task(2, "succeeded", 40),
+    ))
+    .unwrap();
+    // A job queued 50 days ago and still running (a stuck import, say).
+    conn.batch_execute(
+        "INSERT INTO sync_jobs (id, kind, provider, status, requested_by, created_at) \
+         VALUES (gen_random_uuid(), 'import', 'stripe', 'running', 'api', \
+                 now() - interval '50 days')",
+    )
+    .unwrap();
+    let pruned = retention(&app.db, 30).pass(None).await.unwrap().unwrap();
+    assert_eq!(
+        pruned.tasks, 1,
+        "only the task finished before the job was queued"
+    );
+    conn.batch_execute("UPDATE sync_jobs SET status = 'failed'")
+        .unwrap();
+    let pruned = retention(&app.db, 30).pass(None).await.unwrap().unwrap();
+    assert_eq!(pruned.tasks, 1, "the job ended: its tasks may go");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_process_prunes_at_a_time() {
+    let app = spawn_app().await;
+    let mut holder = app.conn();
+    assert!(shared::db::retention::try_lock(&mut holder).unwrap());
+    assert!(
+        retention(&app.db, 30).pass(None).await.unwrap().is_none(),
+        "a pass waits its turn while another process holds the lock"
+    );
+    shared::db::retention::unlock(&mut holder).unwrap();
+    assert!(retention(&app.db, 30).pass(None).await.unwrap().is_some());
+    // The pass gave the lock back.
+    assert!(shared::db::retention::try_lock(&mut holder).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_event_is_still_refused_after_a_pass() {
+    let stack = spawn_loop(SandboxConfig::default(), false).await;
+    let customer = json!({"id": "cus_dedup", "object": "customer", "name": "Ada",
+        "email": "ada@example.com", "metadata": {}, "created": 1});
+    let now = chrono::Utc::now().timestamp();
+    // Two events for the same customer, a second apart, delivered now.
+    let first = json!({"id": "evt_dedup_1", "object": "event", "type": "customer.created",
+        "created": now - 1, "data": {"object": customer}});
+    let second = json!({"id": "evt_dedup_2", "object": "event", "type": "customer.updated",
+        "created": now, "data": {"object": customer, "previous_attributes": {"name": "A"}}});
+    for e in [&first, &second] {
+        let (status, _) = crate::inward::deliver(&stack, e).await;
+        assert_eq!(status, 200);
+    }
+    // RETENTION_DAYS 1 still keeps events for Stripe's 30 days.
+    stack
+        .conn()
+        .batch_execute(
+            "UPDATE webhook_events SET received_at = now() - interval '2 days', \
+             created = created - 2 * 86400",
+        )
+        .unwrap();
+    let pruned = retention(&stack.db, 1).pass(None).await.unwrap().unwrap();
+    assert_eq!(pruned.events, 0);
+    let (status, body) = crate::inward::deliver(&stack, &first).await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("duplicate")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pass_over_a_large_history_while_creates_and_webhooks_flow_loses_nothing() {
+    let stack = spawn_loop(SandboxConfig::default(), true).await;
+    // 20,000 old succeeded tasks and 20,000 old superseded events: 20 batches of each.
+    stack
+        .conn()
+        .batch_execute(
+            "INSERT INTO customers (id, name, email) VALUES ('old', 'Old', 'old@example.com'); \
+             INSERT INTO sync_tasks (id, provider, customer_id, operation, version, status, \
+               idempotency_key, created_at, updated_at, completed_at) \
+             SELECT gen_random_uuid(), 'stripe', 'old', 'update', g, 'succeeded', 'k' || g, \
+               now() - interval '90 days', now() - interval '90 days', \
+               now() - interval '90 days' + g * interval '1 second' \
+             FROM generate_series(1, 20000) g; \
+             INSERT INTO webhook_events (id, event_type, created, object_id, payload, received_at) \
+             SELECT 'evt_old_' || g, 'customer.updated', \
+               extract(epoch FROM now() - interval '90 days')::bigint + g, 'cus_old', '{}', \
+               now() - interval '90 days' + g * interval '1 second' \
+             FROM generate_series(1, 20001) g;",
+        )
+        .unwrap();
+    let consumer = stack.consumer().await;
+    let pruning = retention(&stack.db, 30);
+    let pass = tokio::spawn(async move { pruning.pass(None).await });
+    for n in 0..100 {
+        let body = json!({"id": format!("live-{n}"), "name": "Live",
+            "email": format!("l{n}@example.com")});
+        let response = stack.post("/api/v1/customers", &body).await;
+        assert_eq!(response.status(), 202);
+    }
+    let pruned = pass.await.unwrap().unwrap().unwrap();
+    assert_eq!((pruned.tasks, pruned.events), (20_000, 20_000));
+    // Every live create reached Stripe and its webhook came back: linked, nothing lost.
+    shared::testing::eventually("every live customer linked", WAIT, || async {
+        let linked = stack.db.count_where(
+            "provider_links",
+            "customer_id LIKE 'live-%' AND external_id IS NOT NULL",
+        );
+        (linked == 100).then_some(())
+    })
+    .await;
+    assert!(stack.sandbox.wait_webhooks_idle(WAIT).await);
+    assert_eq!(
+        stack
+            .db
+            .count_where("sync_tasks", "customer_id LIKE 'live-%'"),
+        100
+    );
+    assert_eq!(
+        stack
+            .db
+            .count_where("webhook_events", "object_id <> 'cus_old'"),
+        stack.sandbox.events().len() as i64,
+        "every live event recorded once"
+    );
+    assert_eq!(
+        stack
+            .db
+            .count_where("webhook_events", "object_id = 'cus_old'"),
+        1,
+        "the old customer's latest event kept"
+    );
+    consumer.shutdown().await;
+}
