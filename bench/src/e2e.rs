@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::stack::{self, Options, Stack};
 
 /// Starts the sandbox wired to a server port, then the server.
-async fn start(config: SandboxConfig) -> anyhow::Result<(Stack, Sandbox)> {
+pub(crate) async fn start(config: SandboxConfig) -> anyhow::Result<(Stack, Sandbox)> {
     let port = stack::free_port();
     let sandbox = Sandbox::start(SandboxConfig {
         webhook_url: Some(format!("http://127.0.0.1:{port}/api/v1/endpoint/stripe")),
@@ -153,6 +153,30 @@ fn calls_per_second(log: &[sandbox::RequestRecord]) -> (usize, usize) {
 pub async fn idle(samples: usize) -> anyhow::Result<()> {
     let (mut stack, sandbox) = start(SandboxConfig::default()).await?;
     stack.add_consumer(&sandbox.base_url(), &[("STRIPE_MAX_RPS", "1000")])?;
+    let latencies = idle_samples(&stack, &sandbox, "idle", samples).await?;
+    let ms = |q: f64| crate::stats::quantile(&latencies, q);
+    println!(
+        "idle latency, accepted create to provider call ({samples} samples, polled every 0.2 ms): p50 {:.2} ms, p99 {:.2} ms",
+        ms(0.5),
+        ms(0.99)
+    );
+    println!(
+        "{}",
+        json!({"scenario": "idle", "samples": samples, "p50_ms": ms(0.5), "p99_ms": ms(0.99)})
+    );
+    stack.stop();
+    sandbox.stop().await;
+    Ok(())
+}
+
+/// `samples` creates one at a time (ids `<prefix>-<i>`), each timed from its 202 to the
+/// provider call the consumer makes for it (polled every 0.2 ms), in ms.
+pub(crate) async fn idle_samples(
+    stack: &Stack,
+    sandbox: &Sandbox,
+    prefix: &str,
+    samples: usize,
+) -> anyhow::Result<Vec<f64>> {
     let client = stack::client(1);
     let url = format!("{}/api/v1/customers", stack.base_url);
     // Let the consumer subscribe.
@@ -160,7 +184,8 @@ pub async fn idle(samples: usize) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     for i in 0..samples {
         let before = sandbox.request_log().len();
-        let body = json!({"id": format!("idle-{i}"), "name": "Idle", "email": format!("idle{i}@example.com")});
+        let body = json!({"id": format!("{prefix}-idle-{i}"), "name": "Idle",
+            "email": format!("{prefix}idle{i}@example.com")});
         let response = client
             .post(&url)
             .bearer_auth(&stack.token)
@@ -176,7 +201,7 @@ pub async fn idle(samples: usize) -> anyhow::Result<()> {
                 .iter()
                 .any(|r| r.method == "POST" && r.path == "/v1/customers")
             {
-                latencies.push(accepted.elapsed());
+                latencies.push(accepted.elapsed().as_secs_f64() * 1000.0);
                 break;
             }
             anyhow::ensure!(Instant::now() < deadline, "the provider call never came");
@@ -185,24 +210,7 @@ pub async fn idle(samples: usize) -> anyhow::Result<()> {
         // Idle between samples: let the webhook echo settle.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    latencies.sort();
-    let ms = |q: f64| {
-        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
-            .as_secs_f64()
-            * 1000.0
-    };
-    println!(
-        "idle latency, accepted create to provider call ({samples} samples, polled every 0.2 ms): p50 {:.2} ms, p99 {:.2} ms",
-        ms(0.5),
-        ms(0.99)
-    );
-    println!(
-        "{}",
-        json!({"scenario": "idle", "samples": samples, "p50_ms": ms(0.5), "p99_ms": ms(0.99)})
-    );
-    stack.stop();
-    sandbox.stop().await;
-    Ok(())
+    Ok(latencies)
 }
 
 /// The faults scenario's knobs.

@@ -6,6 +6,7 @@
 mod adopt;
 mod attack;
 mod e2e;
+mod history;
 mod http;
 mod stack;
 mod stats;
@@ -118,6 +119,11 @@ enum Scenario {
     /// its list limit, a dry-run reconcile of the same, and the Events API catch-up of
     /// changes made while no consumer ran
     Adopt(adopt::Settings),
+    /// A year of history: task API, webhook ingest, idle latency, the claim and the sweep,
+    /// the operator's pages and a migration on an empty database and again after loading
+    /// 1,000,000 customers, 10,000,000 tasks and 10,000,000 events, with their ratios; then
+    /// a retention pass over the half older than 30 days, timed, with the live p99 during it
+    History(history::Settings),
 }
 
 #[tokio::main]
@@ -169,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Attack(settings) => attack::run(settings).await,
         Scenario::Adopt(settings) => adopt::run(settings).await,
+        Scenario::History(settings) => history::run(settings).await,
     }
 }
 
@@ -190,71 +197,16 @@ async fn api(
             UPDATED_CUSTOMERS - 1
         ))?;
     }
-    let recorder = Arc::new(Recorder::default());
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + duration;
-    // An open loop gives request n the send time `started + n / rate` and measures its
-    // latency from that time, so a server that falls behind is charged for the wait of the
-    // requests queued behind it (no coordinated omission). The connections stay a fixed
-    // pool either way: a slow server sees requests wait, not a storm of new connections.
-    let due_time = move |n: u64| match rate {
-        Some(rate) => {
-            started + Duration::from_nanos((n as u128 * 1_000_000_000 / rate as u128) as u64)
-        }
-        None => Instant::now(),
+    let load = ApiLoad {
+        connections,
+        duration,
+        rate,
+        updates,
+        idempotency_keys,
+        prefix: "b",
     };
-    // An open loop slower than its connections uses fewer, so that none sits idle past
-    // the server's 5 s keep-alive and finds itself closed at its next request.
-    let connections = rate.map_or(connections, |r| connections.min(r as usize));
-    let authorization = format!("Bearer {}", stack.token);
-    let mut workers = Vec::new();
-    for _ in 0..connections {
-        let (recorder, next) = (recorder.clone(), next.clone());
-        let mut connection = http::Connection::new(&stack.base_url);
-        let authorization = authorization.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let key = format!("bench-{n}");
-                let mut headers = vec![("Authorization", authorization.as_str())];
-                if idempotency_keys {
-                    headers.push(("Idempotency-Key", key.as_str()));
-                }
-                let due = due_time(n);
-                if due >= deadline {
-                    break;
-                }
-                // A request due later waits for its time. tokio's timer ticks in
-                // milliseconds, so that first millisecond of lateness is the load
-                // generator's and is not counted; any more is (a woken task that waits
-                // for a core waits because the machine is saturated). A request due now
-                // or earlier (its connection was busy) counts from its due time.
-                let since = if due > Instant::now() {
-                    tokio::time::sleep_until(due.into()).await;
-                    Instant::now().min(due + Duration::from_millis(1))
-                } else {
-                    due
-                };
-                let status = if updates {
-                    let body = serde_json::to_vec(&json!({"name": format!("Bench {n}")}))
-                        .expect("serialisable");
-                    let path = format!("/api/v1/customers/u-{}", n % UPDATED_CUSTOMERS);
-                    connection.send("PATCH", &path, &headers, &body).await
-                } else {
-                    let body = serde_json::to_vec(&json!({"id": format!("b-{n}"),
-                        "name": format!("Bench {n}"), "email": format!("b{n}@example.com")}))
-                    .expect("serialisable");
-                    connection.post("/api/v1/customers", &headers, &body).await
-                };
-                recorder.record(matches!(status, Ok(202)), since.elapsed());
-            }
-        }));
-    }
-    for worker in workers {
-        worker.await?;
-    }
-    let elapsed = started.elapsed();
+    let (recorder, elapsed) = drive_api(&stack.base_url, &stack.token, &load).await?;
+    let connections = load.connections();
     let accepted = recorder.ok();
     // Every accepted change is a task; a create is also a customer.
     let tasks = stack.count("sync_tasks")? as u64;
@@ -301,19 +253,15 @@ async fn webhooks(connections: usize, events: usize, updates: bool) -> anyhow::R
         .as_secs() as i64;
     // Signed before the clock starts: the benchmark measures the server, not our HMAC.
     let sign = |n: usize, kind: &str, created: i64, name: String, previous: serde_json::Value| {
-        let mut data = json!({"object": {"id": format!("cus_bench{n}"), "object": "customer", "name": name,
-                              "email": format!("w{n}@example.com"), "metadata": {}, "created": now}});
-        if !previous.is_null() {
-            data["previous_attributes"] = previous;
-        }
-        let body = serde_json::to_vec(&json!({
-            "id": format!("evt_bench_{kind}_{n}"), "object": "event", "api_version": "2026-10-28.endive",
-            "created": created, "livemode": false, "pending_webhooks": 1, "type": kind,
-            "request": {"id": null, "idempotency_key": null}, "data": data
-        }))
-        .expect("serialisable");
-        let signature = shared::stripe::signature::sign(&stack.webhook_secret, now, &body);
-        (body, signature)
+        sign_customer_event(
+            &stack.webhook_secret,
+            "bench",
+            n,
+            kind,
+            (now, created),
+            name,
+            previous,
+        )
     };
     let created: Vec<(Vec<u8>, String)> = (0..events)
         .map(|n| {
@@ -406,4 +354,133 @@ async fn deliver(
         let _ = worker.await;
     }
     (recorder, started.elapsed())
+}
+
+/// One run of load on the task API.
+#[derive(Clone, Copy)]
+pub struct ApiLoad {
+    pub connections: usize,
+    pub duration: Duration,
+    /// Requests per second (open loop); `None` for a closed loop.
+    pub rate: Option<u64>,
+    /// PATCH customers `u-0..` (created beforehand) instead of creating.
+    pub updates: bool,
+    pub idempotency_keys: bool,
+    /// Created ids are `<prefix>-<n>`.
+    pub prefix: &'static str,
+}
+
+impl ApiLoad {
+    /// An open loop slower than its connections uses fewer, so that none sits idle past
+    /// the server's 5 s keep-alive and finds itself closed at its next request.
+    pub fn connections(&self) -> usize {
+        self.rate
+            .map_or(self.connections, |r| self.connections.min(r as usize))
+    }
+}
+
+/// Drives the task API as `load` says; every answer recorded (202 is a success), and the
+/// time it all took.
+pub async fn drive_api(
+    base_url: &str,
+    token: &str,
+    load: &ApiLoad,
+) -> anyhow::Result<(Arc<Recorder>, Duration)> {
+    let (duration, rate, updates, idempotency_keys, prefix) = (
+        load.duration,
+        load.rate,
+        load.updates,
+        load.idempotency_keys,
+        load.prefix,
+    );
+    let recorder = Arc::new(Recorder::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    // An open loop gives request n the send time `started + n / rate` and measures its
+    // latency from that time, so a server that falls behind is charged for the wait of the
+    // requests queued behind it (no coordinated omission). The connections stay a fixed
+    // pool either way: a slow server sees requests wait, not a storm of new connections.
+    let due_time = move |n: u64| match rate {
+        Some(rate) => {
+            started + Duration::from_nanos((n as u128 * 1_000_000_000 / rate as u128) as u64)
+        }
+        None => Instant::now(),
+    };
+    let connections = load.connections();
+    let authorization = format!("Bearer {token}");
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (recorder, next) = (recorder.clone(), next.clone());
+        let mut connection = http::Connection::new(base_url);
+        let authorization = authorization.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let key = format!("bench-{prefix}-{n}");
+                let mut headers = vec![("Authorization", authorization.as_str())];
+                if idempotency_keys {
+                    headers.push(("Idempotency-Key", key.as_str()));
+                }
+                let due = due_time(n);
+                if due >= deadline {
+                    break;
+                }
+                // A request due later waits for its time. tokio's timer ticks in
+                // milliseconds, so that first millisecond of lateness is the load
+                // generator's and is not counted; any more is (a woken task that waits
+                // for a core waits because the machine is saturated). A request due now
+                // or earlier (its connection was busy) counts from its due time.
+                let since = if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                    Instant::now().min(due + Duration::from_millis(1))
+                } else {
+                    due
+                };
+                let status = if updates {
+                    let body = serde_json::to_vec(&json!({"name": format!("Bench {n}")}))
+                        .expect("serialisable");
+                    let path = format!("/api/v1/customers/u-{}", n % UPDATED_CUSTOMERS);
+                    connection.send("PATCH", &path, &headers, &body).await
+                } else {
+                    let body = serde_json::to_vec(&json!({"id": format!("{prefix}-{n}"),
+                        "name": format!("Bench {n}"), "email": format!("{prefix}{n}@example.com")}))
+                    .expect("serialisable");
+                    connection.post("/api/v1/customers", &headers, &body).await
+                };
+                recorder.record(matches!(status, Ok(202)), since.elapsed());
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    Ok((recorder, started.elapsed()))
+}
+
+/// A signed `customer.*` event about customer `cus_<prefix><n>` (email `w<n>@...`), as
+/// Stripe would send it at `now`: the body and its `Stripe-Signature`.
+pub fn sign_customer_event(
+    secret: &str,
+    prefix: &str,
+    n: usize,
+    kind: &str,
+    (now, created): (i64, i64),
+    name: String,
+    previous: serde_json::Value,
+) -> (Vec<u8>, String) {
+    let mut data = json!({"object": {"id": format!("cus_{prefix}{n}"), "object": "customer",
+        "name": name, "email": format!("w{n}@example.com"), "metadata": {}, "created": now}});
+    if !previous.is_null() {
+        data["previous_attributes"] = previous;
+    }
+    let body = serde_json::to_vec(&json!({
+        "id": format!("evt_{prefix}_{kind}_{n}"), "object": "event",
+        "api_version": "2026-10-28.endive", "created": created, "livemode": false,
+        "pending_webhooks": 1, "type": kind, "request": {"id": null, "idempotency_key": null},
+        "data": data
+    }))
+    .expect("serialisable");
+    let signature = shared::stripe::signature::sign(secret, now, &body);
+    (body, signature)
 }

@@ -160,10 +160,11 @@ impl Stack {
         Ok(self.db.count_where(table, condition))
     }
 
-    /// Runs SQL against the bench database (setting a scenario up).
+    /// Runs SQL (one or more statements) against the bench database (setting a scenario
+    /// up).
     pub fn execute(&self, sql: &str) -> anyhow::Result<()> {
-        use diesel::RunQueryDsl;
-        diesel::sql_query(sql).execute(&mut self.db.connect())?;
+        use diesel::connection::SimpleConnection;
+        self.db.connect().batch_execute(sql)?;
         Ok(())
     }
 

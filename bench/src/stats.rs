@@ -23,6 +23,12 @@ impl Recorder {
         self.samples.lock().unwrap().push((ok, latency));
     }
 
+    /// Adds every sample of `other` (one measurement made of several runs).
+    pub fn absorb(&self, other: &Recorder) {
+        let theirs = other.samples.lock().unwrap().clone();
+        self.samples.lock().unwrap().extend(theirs);
+    }
+
     /// Requests recorded, successful or not.
     pub fn count(&self) -> u64 {
         self.samples.lock().unwrap().len() as u64
@@ -52,4 +58,11 @@ impl Recorder {
             errors: samples.iter().filter(|s| !s.0).count() as u64,
         }
     }
+}
+
+/// The `q` quantile of `values` (nearest rank).
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }

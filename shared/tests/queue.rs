@@ -336,3 +336,102 @@ fn a_dead_task_retried_by_hand_calls_under_a_key_never_sent() {
     assert_eq!(revived.key_sent_at, None, "the new key was never sent");
     assert_ne!(queue::idempotency_key(&revived), before);
 }
+
+#[test]
+fn a_claim_takes_at_most_its_limit_whatever_plan_postgresql_picks() {
+    // On a large table the planner once turned the claim's `IN (SELECT ... LIMIT n FOR
+    // UPDATE SKIP LOCKED)` into a nested-loop semi join that ran the subquery again for
+    // every candidate row, each run finding the next due tasks: a claim of 16 took all
+    // 1,000 (seen by `loadgen history`). These settings force that plan on a small table.
+    use diesel::connection::SimpleConnection;
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    conn.batch_execute(
+        "INSERT INTO customers (id, name, email) \
+           SELECT 'due-' || g, 'Due', 'd' || g || '@example.com' FROM generate_series(1, 200) g; \
+         INSERT INTO sync_tasks (id, provider, customer_id, operation, version, idempotency_key) \
+           SELECT gen_random_uuid(), 'stripe', 'due-' || g, 'create', 1, 'k' || g \
+           FROM generate_series(1, 200) g; \
+         ANALYZE sync_tasks",
+    )
+    .unwrap();
+    let claimed = conn
+        .transaction::<_, diesel::result::Error, _>(|conn| {
+            conn.batch_execute(
+                "SET LOCAL enable_hashagg = off; SET LOCAL enable_sort = off; \
+                 SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+                 SET LOCAL enable_material = off",
+            )?;
+            queue::claim(conn, Provider::Stripe, 16, "me", LEASE)
+        })
+        .unwrap();
+    assert_eq!(claimed.len(), 16);
+    assert_eq!(db.count_where("sync_tasks", "status = 'in_flight'"), 16);
+}
+
+/// Index scans of `index` so far, as PostgreSQL's statistics count them.
+fn index_scans(conn: &mut PgConnection, index: &str) -> i64 {
+    use diesel::connection::SimpleConnection;
+    #[derive(QueryableByName)]
+    struct Scans {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        scans: i64,
+    }
+    // This session's counts reach the shared statistics at the end of its next statement.
+    conn.batch_execute("SELECT pg_stat_force_next_flush()")
+        .unwrap();
+    conn.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .unwrap();
+    diesel::sql_query(format!(
+        "SELECT idx_scan AS scans FROM pg_stat_user_indexes WHERE indexrelname = '{index}'"
+    ))
+    .get_result::<Scans>(conn)
+    .unwrap()
+    .scans
+}
+
+#[test]
+fn the_oldest_task_probe_uses_the_customer_index_even_when_statistics_say_none_are_open() {
+    // Statistics taken while every task had succeeded, then a burst of 300 due tasks, as
+    // on any large table between two ANALYZEs: each claim and sweep probes every
+    // candidate's customer, and must do so through the customer's own index, not by
+    // walking the provider's open tasks (which made `loadgen history` quadratic).
+    use diesel::connection::SimpleConnection;
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    conn.batch_execute(
+        "INSERT INTO customers (id, name, email) \
+           SELECT 'h-' || g, 'H', 'h' || g || '@example.com' FROM generate_series(1, 2000) g; \
+         INSERT INTO sync_tasks (id, provider, customer_id, operation, version, status, \
+           idempotency_key, completed_at) \
+           SELECT gen_random_uuid(), 'stripe', 'h-' || (g % 2000 + 1), 'update', g, 'succeeded', \
+             'k' || g, now() FROM generate_series(1, 20000) g",
+    )
+    .unwrap();
+    conn.batch_execute("VACUUM ANALYZE sync_tasks").unwrap();
+    conn.batch_execute(
+        "INSERT INTO customers (id, name, email) \
+           SELECT 'due-' || g, 'Due', 'd' || g || '@example.com' FROM generate_series(1, 300) g; \
+         INSERT INTO sync_tasks (id, provider, customer_id, operation, version, idempotency_key) \
+           SELECT gen_random_uuid(), 'stripe', 'due-' || g, 'create', 1, 'due' || g \
+           FROM generate_series(1, 300) g",
+    )
+    .unwrap();
+    let provider_wide = index_scans(&mut conn, "sync_tasks_open_seq_idx");
+    let by_customer = index_scans(&mut conn, "sync_tasks_open_customer_idx");
+    assert!(queue::next_due(&mut conn, Provider::Stripe)
+        .unwrap()
+        .is_some());
+    let claimed = queue::claim(&mut conn, Provider::Stripe, 16, "me", LEASE).unwrap();
+    assert_eq!(claimed.len(), 16);
+    let provider_wide = index_scans(&mut conn, "sync_tasks_open_seq_idx") - provider_wide;
+    let by_customer = index_scans(&mut conn, "sync_tasks_open_customer_idx") - by_customer;
+    assert!(
+        provider_wide <= 2,
+        "the provider-wide index walked once per query, not once per probe: {provider_wide}"
+    );
+    assert!(
+        by_customer >= 300,
+        "each candidate probed by customer: {by_customer}"
+    );
+}

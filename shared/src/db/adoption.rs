@@ -293,7 +293,7 @@ pub fn linked_customers(conn: &mut PgConnection, stripe_ids: &[&str]) -> QueryRe
     statement(
         "SELECT c.*, l.external_id, l.synced_version, l.updated_at AS linked_at, \
            EXISTS (SELECT 1 FROM sync_tasks t WHERE t.customer_id = c.id AND t.provider = 'stripe' \
-                   AND t.status IN ('pending', 'in_flight')) AS task_open \
+                   AND t.status <> 'succeeded' AND t.status <> 'dead') AS task_open \
          FROM unnest($1::text[]) AS s(id), LATERAL \
            (SELECT * FROM provider_links WHERE provider = 'stripe' AND external_id = s.id \
             LIMIT 1) AS l, LATERAL \
@@ -360,7 +360,8 @@ pub fn unlinked_after(
     let rows: Vec<Row> = statement(
         "SELECT c.*, \
            EXISTS (SELECT 1 FROM sync_tasks t WHERE t.customer_id = c.id \
-             AND t.provider = 'stripe' AND t.status IN ('pending', 'in_flight')) AS task_open, \
+             AND t.provider = 'stripe' AND t.status <> 'succeeded' AND t.status <> 'dead') \
+             AS task_open, \
            EXISTS (SELECT 1 FROM sync_tasks t WHERE t.customer_id = c.id \
              AND t.provider = 'stripe' AND t.status = 'dead') AS task_dead \
          FROM customers c \

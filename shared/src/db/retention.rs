@@ -49,13 +49,15 @@ pub fn prune_tasks(
     limit: i64,
 ) -> QueryResult<usize> {
     statement(
-        "DELETE FROM sync_tasks WHERE id IN ( \
+        // A CTE, run once (a `WHERE id IN (... LIMIT)` may be rescanned per row).
+        "WITH batch AS MATERIALIZED ( \
            SELECT id FROM sync_tasks \
            WHERE status = 'succeeded' AND completed_at < $1 \
              AND completed_at < COALESCE((SELECT min(created_at) FROM sync_jobs \
                                           WHERE status IN ('queued', 'running')), 'infinity') \
            ORDER BY completed_at LIMIT $2 \
-           FOR UPDATE SKIP LOCKED)",
+           FOR UPDATE SKIP LOCKED) \
+         DELETE FROM sync_tasks t USING batch WHERE t.id = batch.id",
     )
     .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(limit)

@@ -84,6 +84,13 @@ pub fn insert_many(conn: &mut PgConnection, tasks: &[NewTask<'_>]) -> QueryResul
 /// Only the oldest unfinished task of each customer and provider can be claimed, so one
 /// customer never has two calls in flight at a provider and changes reach it in order.
 /// A task whose lease expired (its consumer died) is claimable again.
+///
+/// A customer's unfinished tasks are looked up as `status <> 'succeeded' AND status <>
+/// 'dead'`, the predicate of `sync_tasks_open_customer_idx` alone (so here, in
+/// [`next_due`] and in the adoption queries). Written as `status IN ('pending',
+/// 'in_flight')`, the provider-wide `sync_tasks_open_seq_idx` matches too, and the planner,
+/// misled by statistics taken while few tasks were open, may probe with it, filtering by
+/// customer: quadratic in the open tasks.
 pub fn claim(
     conn: &mut PgConnection,
     provider: Provider,
@@ -91,13 +98,12 @@ pub fn claim(
     owner: &str,
     lease: std::time::Duration,
 ) -> QueryResult<Vec<TaskRow>> {
+    // The pick is a materialized CTE, run once: as `WHERE t.id IN (SELECT ... LIMIT $2
+    // FOR UPDATE SKIP LOCKED)` the planner may rescan the subquery once per candidate
+    // row (a nested-loop semi join, chosen on a large table), each rescan skipping the
+    // rows the last one claimed, and so claim every due task, whatever the limit.
     diesel::sql_query(
-        "UPDATE sync_tasks t
-            SET status = 'in_flight', lease_owner = $3, claim_token = gen_random_uuid(),
-                key_sent_at = COALESCE(t.key_sent_at, now()),
-                lease_expires_at = now() + make_interval(secs => $4),
-                attempts = t.attempts + 1, updated_at = now()
-          WHERE t.id IN (
+        "WITH picked AS MATERIALIZED (
                 SELECT h.id FROM sync_tasks h
                  WHERE h.provider = $1
                    AND h.status IN ('pending', 'in_flight')
@@ -105,14 +111,21 @@ pub fn claim(
                      OR (h.status = 'in_flight' AND h.lease_expires_at < now()))
                    -- Only the oldest unfinished task of its customer: one index probe
                    -- per candidate, and the scan in seq order stops at the limit.
+                   -- (Unfinished written as not finished: see above.)
                    AND h.seq = (
                        SELECT min(o.seq) FROM sync_tasks o
                         WHERE o.provider = h.provider AND o.customer_id = h.customer_id
-                          AND o.status IN ('pending', 'in_flight'))
+                          AND o.status <> 'succeeded' AND o.status <> 'dead')
                  ORDER BY h.seq
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED)
-            AND t.status IN ('pending', 'in_flight')
+         UPDATE sync_tasks t
+            SET status = 'in_flight', lease_owner = $3, claim_token = gen_random_uuid(),
+                key_sent_at = COALESCE(t.key_sent_at, now()),
+                lease_expires_at = now() + make_interval(secs => $4),
+                attempts = t.attempts + 1, updated_at = now()
+           FROM picked
+          WHERE t.id = picked.id AND t.status IN ('pending', 'in_flight')
       RETURNING t.*",
     )
     .bind::<Text, _>(provider)
@@ -350,7 +363,7 @@ pub fn next_due(
           WHERE h.provider = $1 AND h.status IN ('pending', 'in_flight') \
             AND h.seq = (SELECT min(o.seq) FROM sync_tasks o \
                           WHERE o.provider = h.provider AND o.customer_id = h.customer_id \
-                            AND o.status IN ('pending', 'in_flight'))",
+                            AND o.status <> 'succeeded' AND o.status <> 'dead')",
     )
     .bind::<Text, _>(provider)
     .get_result(conn)?;

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS sync_tasks_open_customer_idx;

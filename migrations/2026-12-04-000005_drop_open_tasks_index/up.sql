@@ -1,0 +1,2 @@
+-- Replaced by sync_tasks_open_customer_idx.
+DROP INDEX CONCURRENTLY IF EXISTS sync_tasks_open_idx;
