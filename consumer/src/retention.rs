@@ -14,7 +14,8 @@ use tokio::sync::watch;
 pub const EVERY: Duration = Duration::from_secs(3600);
 /// Rows per statement: a few milliseconds of locks and WAL each.
 pub const BATCH: i64 = 1000;
-/// The rest between two batches, so a long pass takes at most about half of one core.
+/// The least rest between two batches; a batch that took longer rests as long as it took,
+/// so that a long pass leaves PostgreSQL to live traffic at least half the time.
 const REST: Duration = Duration::from_millis(20);
 
 /// What one pass removed.
@@ -101,6 +102,7 @@ impl Retention {
             shutdown.as_deref().is_some_and(|s| *s.borrow())
         };
         loop {
+            let batch = Instant::now();
             let removed = blocking(conn, move |c| {
                 retention::prune_tasks(c, tasks_before, BATCH)
             })
@@ -110,11 +112,12 @@ impl Retention {
                 break;
             }
             self.progress(&pruned, started);
-            tokio::time::sleep(self.rest).await;
+            tokio::time::sleep(self.pause(batch.elapsed())).await;
         }
         let mut walk: Option<EventsWalk> = None;
         while !stopping(&mut shutdown) {
             let from = walk.clone();
+            let batch = Instant::now();
             let (removed, next) = blocking(conn, move |c| {
                 retention::prune_events(c, events_before, from.as_ref(), BATCH)
             })
@@ -123,7 +126,7 @@ impl Retention {
             let Some(next) = next else { break };
             walk = Some(next);
             self.progress(&pruned, started);
-            tokio::time::sleep(self.rest).await;
+            tokio::time::sleep(self.pause(batch.elapsed())).await;
         }
         tracing::info!(
             tasks = pruned.tasks,
@@ -132,6 +135,16 @@ impl Retention {
             "retention pass done"
         );
         Ok(pruned)
+    }
+
+    /// The rest after a batch that took `took`: at least as long as the batch, so a pass
+    /// keeps PostgreSQL busy at most half the time (none when `rest` is zero).
+    fn pause(&self, took: Duration) -> Duration {
+        if self.rest.is_zero() {
+            Duration::ZERO
+        } else {
+            self.rest.max(took)
+        }
     }
 
     fn progress(&self, pruned: &Pruned, started: Instant) {

@@ -168,8 +168,9 @@ pub struct Parts {
 /// Connects and opens the provider clients and budgets.
 pub async fn parts(settings: &ConsumerSettings) -> anyhow::Result<Parts> {
     let url = settings.common.database_url.clone();
-    // Calls in flight, plus the claim loops, a job and the catch-up.
-    let pool_size = settings.concurrency as u32 + 6;
+    // Calls in flight, plus the claim loops, a job, the catch-up and a retention pass
+    // (which holds its connection, and the lock on it, for the whole pass).
+    let pool_size = settings.concurrency as u32 + 7;
     let pool = tokio::task::spawn_blocking(move || db::connect(&url, pool_size))
         .await
         .context("database set-up task")??;
