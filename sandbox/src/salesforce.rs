@@ -48,6 +48,7 @@ struct Inner {
     /// unique text field; README "Connecting Salesforce" says to tick "case sensitive").
     case_insensitive: bool,
     tokens: HashSet<String>,
+    /// The last Contact id's number; 0 until the first Contact.
     next_id: u64,
     api_calls: u64,
     tokens_issued: u64,
@@ -117,6 +118,18 @@ fn errors(status: u16, code: &str, message: &str, fields: &[&str]) -> HttpRespon
 }
 
 impl Inner {
+    /// A new Contact id (`003SB` and 13 digits). The numbers start at a random point, so
+    /// that ids stay unique across sandbox processes, as Salesforce's are: a second
+    /// `cargo run` keeps the database of the first, and its links name the first run's
+    /// Contacts.
+    fn new_contact_id(&mut self) -> String {
+        if self.next_id == 0 {
+            self.next_id = rand::Rng::gen_range(&mut rand::thread_rng(), 1..9_000_000_000_000);
+        }
+        self.next_id += 1;
+        format!("003SB{:013}", self.next_id)
+    }
+
     /// The key of the contact the external id `value` matches: exactly, or ignoring case
     /// when the field is case insensitive (a live contact first, as upsert matches).
     fn matching(&self, value: &str) -> Option<String> {
@@ -296,8 +309,7 @@ async fn upsert(
         match (existing, last_name) {
             (None, None) => missing_last_name(),
             (None, Some(last)) => {
-                inner.next_id += 1;
-                let id = format!("003SB{:013}", inner.next_id);
+                let id = inner.new_contact_id();
                 inner.contacts.insert(
                     external_id.clone(),
                     Contact {
@@ -407,8 +419,7 @@ async fn get_by_external_id(
             ),
         };
         if let Some((external_id, last_name)) = inner.after_next_lookup.take() {
-            inner.next_id += 1;
-            let id = format!("003SB{:013}", inner.next_id);
+            let id = inner.new_contact_id();
             inner.contacts.insert(
                 external_id.clone(),
                 Contact {

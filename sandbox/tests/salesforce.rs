@@ -285,3 +285,34 @@ async fn a_case_insensitive_org_matches_ids_ignoring_case_and_describes_it() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn contact_ids_differ_between_two_sandbox_processes() {
+    // A second `cargo run` keeps the first one's database, whose links name the first
+    // sandbox's Contacts: a new sandbox must not hand out those ids again.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+        let client = reqwest::Client::new();
+        let base = sandbox.base_url();
+        let tok: Value = token(&client, &base, CLIENT_ID, CLIENT_SECRET)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let created = client
+            .patch(contact_url(&base, "c-1"))
+            .bearer_auth(tok["access_token"].as_str().unwrap())
+            .json(&json!({"LastName": "Lovelace"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let body: Value = created.json().await.unwrap();
+        let id = body["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("003") && id.len() == 18, "{id}");
+        ids.push(id);
+        sandbox.stop().await;
+    }
+    assert_ne!(ids[0], ids[1]);
+}
