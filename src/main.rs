@@ -36,6 +36,7 @@ async fn run() -> anyhow::Result<()> {
     println!("  Webhook:    {base}/api/v1/endpoint/stripe");
     println!("  ZeroMQ:     {}", stack.zmq_endpoint);
     println!("  Consumer:   topics {:?}", stack.providers);
+    println!("  Metrics:    {base}/metrics  (server and consumer: one process here)");
     match (&stack.sandbox, &stack.stripe_base) {
         (Some(sandbox), _) => println!(
             "  Stripe:     sandbox at {} (no account needed; set STRIPE_API_KEY for real Stripe)",

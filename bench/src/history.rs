@@ -40,6 +40,20 @@ pub struct Settings {
     /// comparison)
     #[arg(long, default_value = "500")]
     live_rate: u64,
+    /// Load the history and run the retention pass only (no empty or history figures):
+    /// for trying the pass's shape
+    #[arg(long)]
+    retention_only: bool,
+    /// Rows per retention statement (default: the consumer's)
+    #[arg(long)]
+    retention_batch: Option<i64>,
+    /// Least rest between retention batches, in ms (default: the consumer's)
+    #[arg(long)]
+    retention_rest_ms: Option<u64>,
+    /// Rest after a retention batch at least this many times the batch's own time
+    /// (default: the consumer's)
+    #[arg(long)]
+    retention_rest_per_busy: Option<u32>,
 }
 
 /// One phase's figures: (name, value, unit, higher is better).
@@ -53,9 +67,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )?;
     stack.execute(&dead_tasks("bench-dead", 100))?;
 
-    let empty = measure(&mut stack, &sandbox, &settings, "empty").await?;
-    let loaded = load(&stack, &settings)?;
-    let full = measure(&mut stack, &sandbox, &settings, "full").await?;
+    let (empty, loaded, full) = if settings.retention_only {
+        let loaded = load(&stack, &settings)?;
+        (Vec::new(), loaded, Vec::new())
+    } else {
+        let empty = measure(&mut stack, &sandbox, &settings, "empty").await?;
+        let loaded = load(&stack, &settings)?;
+        let full = measure(&mut stack, &sandbox, &settings, "full").await?;
+        (empty, loaded, full)
+    };
 
     // The live API at a steady rate with no pass running, then while one runs.
     let live = ApiLoad {
@@ -66,9 +86,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         idempotency_keys: false,
         prefix: "quiet",
     };
+    stack.execute("CHECKPOINT")?;
     let (quiet, elapsed) = drive_api(&stack.base_url, &stack.token, &live).await?;
     let quiet = quiet.summary(elapsed);
-    let retention = Retention::new(pool.clone(), 30);
+    let mut retention = Retention::new(pool.clone(), 30);
+    retention.batch = settings.retention_batch.unwrap_or(retention.batch);
+    if let Some(ms) = settings.retention_rest_ms {
+        retention.rest = Duration::from_millis(ms);
+    }
+    retention.rest_per_busy = settings
+        .retention_rest_per_busy
+        .unwrap_or(retention.rest_per_busy);
+    let shape = format!(
+        "batch {}, rest ≥ {} ms and ≥ {}x the batch",
+        retention.batch,
+        retention.rest.as_millis(),
+        retention.rest_per_busy
+    );
     let started = Instant::now();
     let pass = tokio::spawn(async move { retention.pass(None).await });
     let during = Arc::new(Recorder::default());
@@ -76,7 +110,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     while !pass.is_finished() {
         let prefix: &'static str = Box::leak(format!("pass{window}").into_boxed_str());
         let load = ApiLoad { prefix, ..live };
-        let (recorder, _) = drive_api(&stack.base_url, &stack.token, &load).await?;
+        let (recorder, window_time) = drive_api(&stack.base_url, &stack.token, &load).await?;
+        eprintln!(
+            "history: {:.0} s into the pass, live p99 {:.2} ms",
+            started.elapsed().as_secs_f64(),
+            recorder.summary(window_time).p99_ms
+        );
         during.absorb(&recorder);
         window += 1;
     }
@@ -115,7 +154,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .push(json!({"figure": name, "unit": unit, "empty": e, "history": f, "ratio": ratio}));
     }
     println!(
-        "retention pass: {} tasks and {} events removed in {:.1} s ({:.0} rows/s); live creates at {}/s: p99 {:.2} ms without a pass, {:.2} ms during it ({:.2}x; {:.2}x the empty database's {:.2} ms), errors {}",
+        "retention pass ({shape}): {} tasks and {} events removed in {:.1} s ({:.0} rows/s); live creates at {}/s: p99 {:.2} ms without a pass, {:.2} ms during it ({:.2}x; {:.2}x the empty database's {:.2} ms), errors {}",
         pruned.tasks,
         pruned.events,
         pass_seconds,
@@ -134,7 +173,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"scenario": "history", "loaded": loaded, "figures": report,
-               "retention": {"tasks": pruned.tasks, "events": pruned.events, "seconds": pass_seconds,
+               "retention": {"shape": shape, "tasks": pruned.tasks, "events": pruned.events, "seconds": pass_seconds,
                              "live_rate": settings.live_rate, "quiet_p99_ms": quiet.p99_ms,
                              "during_p99_ms": during.p99_ms, "empty_p99_ms": empty_steady,
                              "errors": during.errors},

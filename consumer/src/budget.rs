@@ -33,6 +33,8 @@ const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
 /// One account's budget as this process sees it.
 pub struct Budget {
     pool: PgPool,
+    /// The provider (or account class) the budget is for: the metrics' label.
+    class: String,
     account: String,
     /// The spacing of slots: one over the rate.
     spacing: Duration,
@@ -91,6 +93,7 @@ impl Budget {
         db::run(&pool, move |conn| Ok(budgets::ensure(conn, &name)?)).await?;
         Ok(Self {
             pool,
+            class: class.to_owned(),
             account,
             spacing: Duration::from_secs_f64(1.0 / per_second),
             slice,
@@ -108,6 +111,7 @@ impl Budget {
     /// Waits for this process's next slot for a live write, reserving a slice when it
     /// holds none.
     pub async fn acquire(&self) {
+        let asked = Instant::now();
         let slot = {
             let mut held = self.held.lock().await;
             if !held.usable(self.spacing) {
@@ -117,10 +121,21 @@ impl Budget {
             held.take(self.spacing)
         };
         tokio::time::sleep_until(slot).await;
+        self.granted("live", asked);
+    }
+
+    /// Counts a permit and the wait for it (`kind`: live or background).
+    fn granted(&self, kind: &'static str, asked: Instant) {
+        let budget = self.class.clone();
+        metrics::counter!(shared::metrics::BUDGET_PERMITS, "budget" => budget.clone(), "kind" => kind)
+            .increment(1);
+        metrics::histogram!(shared::metrics::BUDGET_WAIT, "budget" => budget, "kind" => kind)
+            .record(asked.elapsed().as_secs_f64());
     }
 
     /// Waits for a slot for background work: one that live traffic leaves, or the floor's.
     pub async fn acquire_background(&self) {
+        let asked = Instant::now();
         let slot = {
             let mut held = self.background.lock().await;
             while !held.usable(self.spacing) {
@@ -132,6 +147,7 @@ impl Budget {
             held.take(self.spacing)
         };
         tokio::time::sleep_until(slot).await;
+        self.granted("background", asked);
     }
 
     async fn reserve_background(&self) -> Option<Duration> {

@@ -6,6 +6,7 @@ pub mod budget;
 pub mod catch_up;
 pub mod foreground;
 pub mod jobs;
+pub mod metrics;
 pub mod providers;
 pub mod retention;
 pub mod startup;

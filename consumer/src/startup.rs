@@ -29,6 +29,7 @@ const SCHEDULE_CHECK: Duration = Duration::from_secs(60);
 /// A running consumer.
 pub struct Consumer {
     worker: Arc<Worker>,
+    metrics: Option<crate::metrics::MetricsServer>,
     shutdown: watch::Sender<bool>,
     loops: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -36,6 +37,10 @@ pub struct Consumer {
 impl Consumer {
     /// Connects to the database and starts subscribing and claiming.
     pub async fn start(settings: ConsumerSettings) -> anyhow::Result<Self> {
+        let metrics = match settings.metrics_bind {
+            Some(bind) => Some(crate::metrics::MetricsServer::start(bind)?),
+            None => None,
+        };
         let parts = parts(&settings).await?;
         let worker = parts.worker.clone();
         let (shutdown, stop) = watch::channel(false);
@@ -100,9 +105,15 @@ impl Consumer {
         );
         Ok(Self {
             worker,
+            metrics,
             shutdown,
             loops,
         })
+    }
+
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
     }
 
     /// Stops claiming, lets in-flight calls finish for a while, releases the rest.
@@ -120,6 +131,9 @@ impl Consumer {
         .await;
         if drained.is_err() {
             self.worker.release_in_flight().await;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.stop().await;
         }
         tracing::info!("consumer stopped");
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shared::db::customers::{self, CustomerRow};
 use shared::db::tasks::{self, TaskRow};
 use shared::db::{self, adoption, links, DbError, PgPool};
-use shared::domain::{Operation, Provider};
+use shared::domain::{Operation, Provider, TaskStatus};
 use shared::queue;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
@@ -308,6 +308,7 @@ impl Worker {
         let task = task.clone();
         let max_attempts = self.max_attempts;
         let max_backoff = self.max_backoff;
+        let provider = task.provider;
         let result = db::run(&self.pool, move |conn| {
             use diesel::Connection;
             conn.transaction(|conn| {
@@ -315,7 +316,8 @@ impl Worker {
                     Outcome::Done {
                         external_id,
                         synced_version,
-                    } => queue::complete(conn, &task, external_id.as_deref(), synced_version)?,
+                    } => queue::complete(conn, &task, external_id.as_deref(), synced_version)?
+                        .then_some("succeeded"),
                     Outcome::Retry {
                         error,
                         retry_after,
@@ -326,19 +328,28 @@ impl Worker {
                             && queue::next_key_generation(conn, &task, sent_email.as_deref())?
                                 .is_none()
                         {
-                            return Ok(false);
+                            return Ok(None);
                         }
                         let delay = backoff::delay(task.attempts, retry_after, max_backoff);
-                        queue::retry_later(conn, &task, &error, delay, max_attempts)?.is_some()
+                        queue::retry_later(conn, &task, &error, delay, max_attempts)?.map(
+                            |status| match status {
+                                TaskStatus::Dead => "dead",
+                                _ => "retried",
+                            },
+                        )
                     }
-                    Outcome::Dead(error) => queue::kill(conn, &task, &error)?,
+                    Outcome::Dead(error) => queue::kill(conn, &task, &error)?.then_some("dead"),
                 })
             })
         })
         .await;
         match result {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
+            Ok(Some(outcome)) => {
+                metrics::counter!(shared::metrics::TASK_OUTCOMES,
+                    "provider" => provider.as_str(), "outcome" => outcome)
+                .increment(1);
+            }
+            Ok(None) => tracing::warn!(
                 "a late outcome was dropped: another consumer claimed the task since"
             ),
             // The lease will expire and another attempt will run with the same key.

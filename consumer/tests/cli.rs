@@ -69,6 +69,11 @@ fn bad_topics_and_settings_stop_the_consumer_naming_them() {
         ),
         (
             vec!["--topic", "stripe"],
+            vec![key, ("CONSUMER_METRICS_BIND", "localhost")],
+            "CONSUMER_METRICS_BIND",
+        ),
+        (
+            vec!["--topic", "stripe"],
             vec![key, ("CONSUMER_SWEEP_INTERVAL_MS", "1")],
             "CONSUMER_SWEEP_INTERVAL_MS",
         ),

@@ -48,7 +48,7 @@ pub fn changes(url: &secrecy::SecretString, providers: Vec<Provider>) -> Changes
         },
     );
     let pool = shared::db::bulk_pool(url, CHANGE_COMMITTERS as u32);
-    GroupCommit::start(pool, CHANGE_COMMITTERS, commit)
+    GroupCommit::start("changes", pool, CHANGE_COMMITTERS, commit)
 }
 
 /// What the webhook committers write: a verified event with its raw JSON, as it is
@@ -114,7 +114,7 @@ pub fn events(url: &secrecy::SecretString, providers: Vec<Provider>) -> Events {
         Ok(answers)
     });
     let pool = shared::db::bulk_pool(url, EVENT_COMMITTERS as u32);
-    GroupCommit::start(pool, EVENT_COMMITTERS, commit)
+    GroupCommit::start("events", pool, EVENT_COMMITTERS, commit)
 }
 
 /// Whether an item's answer is a failure of the database (and so, perhaps, of the
@@ -158,8 +158,14 @@ where
     T: Send + 'static,
     E: From<DbError> + DatabaseFault + Send + 'static,
 {
-    /// Starts `committers` committer tasks on `pool` (one connection each).
-    pub fn start(pool: PgPool, committers: usize, commit: Arc<CommitFn<I, T, E>>) -> Self {
+    /// Starts `committers` committer tasks on `pool` (one connection each); `name` labels
+    /// their batch sizes in the metrics.
+    pub fn start(
+        name: &'static str,
+        pool: PgPool,
+        committers: usize,
+        commit: Arc<CommitFn<I, T, E>>,
+    ) -> Self {
         let queues = (0..committers)
             .map(|_| {
                 let (queue, mut rx) = mpsc::channel::<(I, Reply<T, E>)>(MAX_BATCH * 4);
@@ -174,6 +180,8 @@ where
                                 Err(_) => break,
                             }
                         }
+                        metrics::histogram!(shared::metrics::COMMIT_BATCH, "committer" => name)
+                            .record(batch.len() as f64);
                         held = run_batch(&pool, held, &commit, batch).await;
                     }
                 });

@@ -107,7 +107,7 @@ pub fn committers(url: &secrecy::SecretString) -> Keys {
         })
     });
     let pool = shared::db::bulk_pool(url, KEY_COMMITTERS as u32);
-    GroupCommit::start(pool, KEY_COMMITTERS, commit)
+    GroupCommit::start("keys", pool, KEY_COMMITTERS, commit)
 }
 
 /// The key a request runs under, for handlers that derive something from it.

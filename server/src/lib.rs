@@ -7,6 +7,7 @@ pub mod deadline;
 pub mod error;
 pub mod idempotency;
 pub mod listener;
+pub mod metrics;
 pub mod probe;
 pub mod publisher;
 pub mod routes;

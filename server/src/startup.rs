@@ -105,6 +105,11 @@ impl Application {
             state.clone(),
             std::time::Duration::from_secs(3600),
         ));
+        shared::metrics::install();
+        tokio::spawn(crate::metrics::refresh_forever(
+            pool.clone(),
+            settings.common.enabled_providers(),
+        ));
         let probe = web::Data::from(DatabaseProbe::start(&settings.common.database_url));
         let body_deadline = web::Data::new(BodyDeadline(settings.http_body_timeout));
         let proxies = web::Data::new(TrustedProxies(settings.http_trusted_proxies.clone()));
@@ -134,6 +139,7 @@ impl Application {
                 .wrap(middleware::from_fn(echo_request_id))
                 .wrap(TracingLogger::default())
                 .wrap(middleware::from_fn(client_ip::resolve))
+                .wrap(middleware::from_fn(crate::metrics::record))
                 .app_data(state.clone())
                 .app_data(probe.clone())
                 .app_data(body_deadline.clone())
@@ -143,6 +149,7 @@ impl Application {
                 .app_data(routes::json_config())
                 .app_data(routes::query_config())
                 .app_data(web::PathConfig::default())
+                .configure(crate::metrics::configure)
                 .configure(routes::configure)
                 .default_service(web::to(routes::no_route))
         })

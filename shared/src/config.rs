@@ -560,6 +560,10 @@ pub struct ConsumerArgs {
     /// (0 keeps everything)
     #[arg(long, env = "RETENTION_DAYS", default_value = "30")]
     pub retention_days: String,
+    /// Where this consumer serves GET /metrics (Prometheus's text format), as
+    /// 127.0.0.1:9101; unset, it serves none
+    #[arg(long, env = "CONSUMER_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
 }
 
 /// A job run in the foreground.
@@ -623,6 +627,8 @@ pub struct ConsumerSettings {
     pub adopt_by_email: bool,
     /// Days succeeded tasks and events are kept; `None` keeps everything.
     pub retention_days: Option<u32>,
+    /// Where `GET /metrics` is served; `None`: nowhere.
+    pub metrics_bind: Option<SocketAddr>,
     /// A job to run in the foreground instead of serving topics.
     pub job: Option<JobRequest>,
 }
@@ -744,6 +750,15 @@ impl TryFrom<ConsumerArgs> for ConsumerSettings {
             retention_days: match number(&args.retention_days, "RETENTION_DAYS", 0, 36_500)? {
                 0 => None,
                 days => Some(days as u32),
+            },
+            metrics_bind: match args.metrics_bind.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(bind) => Some(bind.parse().map_err(|_| {
+                    SettingsError::new(
+                        "CONSUMER_METRICS_BIND",
+                        format!("'{bind}' is not an address like 127.0.0.1:9101"),
+                    )
+                })?),
             },
             job,
         })

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod inbound;
 pub mod local_pg;
 pub mod messaging;
+pub mod metrics;
 pub mod queue;
 pub mod salesforce;
 pub mod salesforce_allocation;

@@ -158,7 +158,8 @@ impl SalesforceClient {
                 return Ok(current);
             }
         }
-        let response = self
+        let started = std::time::Instant::now();
+        let answered = self
             .http
             .post(format!("{}/services/oauth2/token", self.settings.login_url))
             .form(&[
@@ -167,8 +168,11 @@ impl SalesforceClient {
                 ("client_secret", self.settings.client_secret.expose_secret()),
             ])
             .send()
-            .await
-            .map_err(|e| SalesforceError::Transport(e.without_url().to_string()))?;
+            .await;
+        let status = answered.as_ref().ok().map(|r| r.status().as_u16());
+        crate::metrics::provider_call("salesforce", "token", status, started.elapsed());
+        let response =
+            answered.map_err(|e| SalesforceError::Transport(e.without_url().to_string()))?;
         let status = response.status().as_u16();
         let body = response
             .bytes()
@@ -215,17 +219,23 @@ impl SalesforceClient {
     }
 
     /// Sends a request built for a token; on `INVALID_SESSION_ID` refreshes once and resends.
+    /// Recorded under `operation` (a fixed name, never an id).
     async fn send(
         &self,
+        operation: &'static str,
         build: impl Fn(&Token) -> reqwest::RequestBuilder,
     ) -> Result<Vec<u8>, SalesforceError> {
         let mut token = self.token().await?;
         for attempt in 0..2 {
-            let response = build(&token)
+            let started = std::time::Instant::now();
+            let answered = build(&token)
                 .bearer_auth(token.access_token.expose_secret())
                 .send()
-                .await
-                .map_err(|e| SalesforceError::Transport(e.without_url().to_string()))?;
+                .await;
+            let status = answered.as_ref().ok().map(|r| r.status().as_u16());
+            crate::metrics::provider_call("salesforce", operation, status, started.elapsed());
+            let response =
+                answered.map_err(|e| SalesforceError::Transport(e.without_url().to_string()))?;
             let status = response.status().as_u16();
             if let Some(usage) = response
                 .headers()
@@ -276,7 +286,7 @@ impl SalesforceClient {
         self.case_sensitive
             .get_or_try_init(|| async {
                 let body = self
-                    .send(|token| {
+                    .send("describe_contact", |token| {
                         self.http.get(format!(
                             "{}/services/data/v{}/sobjects/Contact/describe",
                             token.instance_url, self.settings.api_version
@@ -320,7 +330,7 @@ impl SalesforceClient {
     ) -> Result<Option<(String, String)>, SalesforceError> {
         let field = &self.settings.external_id_field;
         let body = match self
-            .send(|token| {
+            .send("retrieve_contact", |token| {
                 self.http
                     .get(self.contact_url(token, local_id))
                     .query(&[("fields", format!("Id,{field}"))])
@@ -384,7 +394,7 @@ impl SalesforceClient {
         let (first, last) = split_name(name);
         let body = json!({"FirstName": first, "LastName": last, "Email": email});
         let response = self
-            .send(|token| {
+            .send("upsert_contact", |token| {
                 self.http
                     .patch(self.contact_url(token, local_id))
                     .json(&body)
@@ -423,7 +433,9 @@ impl SalesforceClient {
             }
         }
         match self
-            .send(|token| self.http.delete(self.contact_url(token, local_id)))
+            .send("delete_contact", |token| {
+                self.http.delete(self.contact_url(token, local_id))
+            })
             .await
         {
             Ok(_) => Ok(()),

@@ -5,5 +5,6 @@ mod budget;
 mod faults;
 mod healing;
 mod helpers;
+mod metrics;
 mod salesforce;
 mod sync;

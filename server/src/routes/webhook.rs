@@ -43,6 +43,7 @@ pub async fn stripe(
 ) -> Result<HttpResponse, ApiError> {
     let invalid = |e: SignatureError| {
         tracing::warn!(reason = %e, "webhook refused");
+        count("unknown", "refused_signature");
         ApiError::BadRequest {
             code: "invalid_signature",
             message: e.to_string(),
@@ -65,10 +66,14 @@ pub async fn stripe(
     signature::verify(&header, &body, &hooks.secrets, hooks.tolerance_secs, now)
         .map_err(invalid)?;
 
-    let (event, raw) = Event::parse(&body).map_err(|message| ApiError::BadRequest {
-        code: "invalid_event",
-        message,
+    let (event, raw) = Event::parse(&body).map_err(|message| {
+        count("unknown", "refused_event");
+        ApiError::BadRequest {
+            code: "invalid_event",
+            message,
+        }
     })?;
+    let kind = event_type_label(event.kind.as_str());
     let span = tracing::Span::current();
     span.record("event_id", event.id.as_str());
     span.record("event_type", event.kind.as_str());
@@ -79,14 +84,22 @@ pub async fn stripe(
         .await
         // Stripe retries anything but a 2xx; the cause goes to the log.
         .map_err(|e: DbError| {
+            count(kind, "failed");
             ApiError::Unexpected(anyhow::anyhow!(e).context("applying a webhook event"))
         })?;
-    let outcome = match applied {
-        Applied::Duplicate => "duplicate",
-        Applied::Unhandled => "unhandled",
-        Applied::Handled(Effect::Tie) => settle_tie(&state, &hooks, &key, &body).await?,
-        Applied::Handled(effect) => effect.as_str(),
+    let (outcome, label) = match applied {
+        Applied::Duplicate => ("duplicate", "duplicate"),
+        Applied::Unhandled => ("unhandled", "ignored"),
+        Applied::Handled(Effect::Tie) => {
+            let settled = settle_tie(&state, &hooks, &key, &body)
+                .await
+                .inspect_err(|_| count(kind, "failed"))?;
+            (settled.0, settled.1)
+        }
+        Applied::Handled(Effect::Stale) => (Effect::Stale.as_str(), "stale"),
+        Applied::Handled(effect) => (effect.as_str(), "applied"),
     };
+    count(kind, label);
     tracing::info!(outcome, "webhook event received");
     Ok(HttpResponse::Ok().json(json!({"received": true, "outcome": outcome})))
 }
@@ -99,7 +112,7 @@ async fn settle_tie(
     hooks: &WebhookSettings,
     key: &str,
     body: &[u8],
-) -> Result<&'static str, ApiError> {
+) -> Result<(&'static str, &'static str), ApiError> {
     let unsettled = |why: &str| {
         tracing::warn!(
             why,
@@ -143,8 +156,26 @@ async fn settle_tie(
             ApiError::Unexpected(anyhow::anyhow!(e).context("settling a same-second tie"))
         })?;
     Ok(match settled {
-        Applied::Duplicate => "duplicate",
-        Applied::Handled(Effect::Stale) => "same-second tie superseded by a newer event",
-        _ => "same-second tie settled from Stripe",
+        Applied::Duplicate => ("duplicate", "duplicate"),
+        Applied::Handled(Effect::Stale) => ("same-second tie superseded by a newer event", "stale"),
+        _ => ("same-second tie settled from Stripe", "applied"),
     })
+}
+
+/// Counts one delivery by its event type and outcome (the metric's labels).
+fn count(kind: &'static str, outcome: &'static str) {
+    metrics::counter!(shared::metrics::WEBHOOK_EVENTS, "type" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+/// The event type as a label: the types we handle by name, any other as `other` (a
+/// sender chooses the type, and labels must stay a small set).
+fn event_type_label(kind: &str) -> &'static str {
+    use shared::stripe::{CUSTOMER_EVENTS, INVOICE_EVENTS};
+    CUSTOMER_EVENTS
+        .iter()
+        .chain(INVOICE_EVENTS)
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
 }

@@ -97,7 +97,7 @@ async fn a_committer_never_writes_on_a_connection_that_died() {
             Ok(answers)
         });
     let pool = shared::db::bulk_pool(&db.url.clone().into(), 1);
-    let committer = GroupCommit::start(pool, 1, commit);
+    let committer = GroupCommit::start("test", pool, 1, commit);
     let first = committer.submit("k", "pid").await.unwrap();
     assert!(committer.submit("k", "kill").await.is_err());
     let second = committer

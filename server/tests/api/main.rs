@@ -11,6 +11,7 @@ mod idempotency;
 mod inward;
 mod jobs;
 mod links;
+mod metrics;
 mod retention;
 mod sync_status;
 mod tasks;

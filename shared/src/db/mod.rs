@@ -5,6 +5,7 @@ pub mod budgets;
 pub mod cursors;
 pub mod customers;
 pub mod events;
+pub mod gauges;
 pub mod idempotency;
 pub mod invoices;
 pub mod jobs;

@@ -125,6 +125,7 @@ impl StripeClient {
     ) -> Result<Customer, StripeError> {
         let form = [("name", name), ("email", email), (METADATA_FIELD, local_id)];
         self.send(
+            "create_customer",
             self.http
                 .post(format!("{}/v1/customers", self.base))
                 .header("Idempotency-Key", idempotency_key)
@@ -145,6 +146,7 @@ impl StripeClient {
     ) -> Result<Customer, StripeError> {
         let form = [("name", name), ("email", email), (METADATA_FIELD, local_id)];
         self.send(
+            "update_customer",
             self.http
                 .post(format!(
                     "{}/v1/customers/{}",
@@ -160,11 +162,14 @@ impl StripeClient {
     /// `DELETE /v1/customers/{id}`; a 404 counts as done.
     pub async fn delete_customer(&self, stripe_id: &str) -> Result<(), StripeError> {
         let result: Result<serde_json::Value, StripeError> = self
-            .send(self.http.delete(format!(
-                "{}/v1/customers/{}",
-                self.base,
-                path_segment(stripe_id)
-            )))
+            .send(
+                "delete_customer",
+                self.http.delete(format!(
+                    "{}/v1/customers/{}",
+                    self.base,
+                    path_segment(stripe_id)
+                )),
+            )
             .await;
         match result {
             Ok(_) => Ok(()),
@@ -180,11 +185,14 @@ impl StripeClient {
         stripe_id: &str,
     ) -> Result<(Customer, serde_json::Value), StripeError> {
         let raw: serde_json::Value = self
-            .send(self.http.get(format!(
-                "{}/v1/customers/{}",
-                self.base,
-                path_segment(stripe_id)
-            )))
+            .send(
+                "retrieve_customer",
+                self.http.get(format!(
+                    "{}/v1/customers/{}",
+                    self.base,
+                    path_segment(stripe_id)
+                )),
+            )
             .await?;
         let customer = serde_json::from_value(raw.clone()).map_err(|e| StripeError::Api {
             status: 200,
@@ -216,7 +224,14 @@ impl StripeClient {
         starting_after: Option<&str>,
         limit: u8,
     ) -> Result<List<Customer>, StripeError> {
-        self.list("/v1/customers", starting_after, limit, &[]).await
+        self.list(
+            "list_customers",
+            "/v1/customers",
+            starting_after,
+            limit,
+            &[],
+        )
+        .await
     }
 
     /// The live customers with exactly this email (Stripe's filter is exact), up to a
@@ -227,6 +242,7 @@ impl StripeClient {
         for _ in 0..10 {
             let page: List<Customer> = self
                 .list(
+                    "list_customers",
                     "/v1/customers",
                     starting_after.as_deref(),
                     100,
@@ -249,7 +265,8 @@ impl StripeClient {
         starting_after: Option<&str>,
         limit: u8,
     ) -> Result<List<super::Invoice>, StripeError> {
-        self.list("/v1/invoices", starting_after, limit, &[]).await
+        self.list("list_invoices", "/v1/invoices", starting_after, limit, &[])
+            .await
     }
 
     /// One page of the customer and invoice events, raw: the `limit` events just after
@@ -287,6 +304,7 @@ impl StripeClient {
             query.push(("types[]", (*kind).to_owned()));
         }
         self.send(
+            "list_events",
             self.http
                 .get(format!("{}/v1/events", self.base))
                 .query(&query),
@@ -296,6 +314,7 @@ impl StripeClient {
 
     async fn list<T: serde::de::DeserializeOwned>(
         &self,
+        operation: &'static str,
         path: &str,
         starting_after: Option<&str>,
         limit: u8,
@@ -306,21 +325,34 @@ impl StripeClient {
             query.push(("starting_after", after.to_owned()));
         }
         query.extend(filters.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        self.send(self.http.get(format!("{}{path}", self.base)).query(&query))
-            .await
+        self.send(
+            operation,
+            self.http.get(format!("{}{path}", self.base)).query(&query),
+        )
+        .await
     }
 
+    /// Sends one request, recording it under `operation` (a fixed name, never an id).
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
+        operation: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<T, StripeError> {
-        let response = request
+        let started = std::time::Instant::now();
+        let answered = request
             .bearer_auth(self.key.expose_secret())
             .header("Stripe-Version", API_VERSION)
             .send()
-            .await
-            .map_err(|e| StripeError::Transport(without_url(e)))?;
+            .await;
+        let response = match answered {
+            Ok(response) => response,
+            Err(e) => {
+                crate::metrics::provider_call("stripe", operation, None, started.elapsed());
+                return Err(StripeError::Transport(without_url(e)));
+            }
+        };
         let status = response.status().as_u16();
+        crate::metrics::provider_call("stripe", operation, Some(status), started.elapsed());
         let headers = response.headers().clone();
         let request_id = headers
             .get("request-id")

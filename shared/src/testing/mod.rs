@@ -9,6 +9,7 @@
 
 mod api;
 mod database;
+pub mod metrics;
 pub mod processes;
 pub mod settings;
 pub mod zmtp;
@@ -18,6 +19,15 @@ pub use database::{admin_url, TestDatabase, PRIVATE_PORT};
 
 /// The API token of every test and benchmark stack.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a process that must be told
+/// its port before it binds).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port on 127.0.0.1")
+}
 
 /// Polls `check` until it returns `Some` or `timeout` passes; panics with `what` on timeout.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T

@@ -69,6 +69,7 @@ pub fn consumer(common: CommonSettings) -> ConsumerSettings {
         adopt_by_email: true,
         // Tests prune by calling a pass themselves.
         retention_days: None,
+        metrics_bind: None,
         job: None,
     }
 }
