@@ -113,16 +113,20 @@ impl Retention {
         let stopping = |shutdown: &mut Option<&mut watch::Receiver<bool>>| {
             shutdown.as_deref().is_some_and(|s| *s.borrow())
         };
+        let mut from = None;
         loop {
             let batch = Instant::now();
             let size = self.batch;
-            let removed =
-                blocking(conn, move |c| retention::prune_tasks(c, tasks_before, size)).await?;
+            let (removed, last) = blocking(conn, move |c| {
+                retention::prune_tasks(c, tasks_before, from, size)
+            })
+            .await?;
             pruned.tasks += removed;
             removed_rows("sync_tasks", removed);
             if removed < size as usize || stopping(&mut shutdown) {
                 break;
             }
+            from = last;
             self.progress(&pruned, started);
             tokio::time::sleep(self.pause(batch.elapsed())).await;
         }

@@ -14,7 +14,12 @@ use crate::helpers::{stack, Stack, WAIT};
 /// The consumer binary serving its metrics; the scrape URL.
 fn consumer(stack: &Stack, env: &[(&str, &str)]) -> (KillOnDrop, String) {
     let bind = format!("127.0.0.1:{}", free_port());
-    let mut all = vec![("CONSUMER_METRICS_BIND", bind.as_str())];
+    // No catch-up poll and no scheduled reconcile: only the tasks call Stripe.
+    let mut all = vec![
+        ("CONSUMER_METRICS_BIND", bind.as_str()),
+        ("STRIPE_EVENTS_POLL_SECS", "0"),
+        ("RECONCILE_INTERVAL_HOURS", "0"),
+    ];
     all.extend_from_slice(env);
     let child = stack.consumer_process(&all);
     (KillOnDrop(child), format!("http://{bind}/metrics"))

@@ -42,26 +42,42 @@ pub fn unlock(conn: &mut PgConnection) -> QueryResult<()> {
         .map(|_| ())
 }
 
-/// Removes up to `limit` succeeded tasks completed before `before`, oldest first; how many.
+/// Removes up to `limit` succeeded tasks completed before `before` and not before
+/// `from`, oldest first: how many, and the latest completion among them (`None` when it
+/// removed none). Passing that back as `from` starts the next batch where this one ended:
+/// the rows a batch deletes stay in the index until a vacuum, and a walk from the start
+/// would step over all of them again (each batch slower than the one before).
 pub fn prune_tasks(
     conn: &mut PgConnection,
     before: DateTime<Utc>,
+    from: Option<DateTime<Utc>>,
     limit: i64,
-) -> QueryResult<usize> {
-    statement(
+) -> QueryResult<(usize, Option<DateTime<Utc>>)> {
+    #[derive(QueryableByName)]
+    struct Step {
+        #[diesel(sql_type = BigInt)]
+        removed: i64,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        last: Option<DateTime<Utc>>,
+    }
+    let step: Step = statement(
         // A CTE, run once (a `WHERE id IN (... LIMIT)` may be rescanned per row).
         "WITH batch AS MATERIALIZED ( \
-           SELECT id FROM sync_tasks \
-           WHERE status = 'succeeded' AND completed_at < $1 \
+           SELECT id, completed_at FROM sync_tasks \
+           WHERE status = 'succeeded' AND completed_at < $1 AND completed_at >= $2 \
              AND completed_at < COALESCE((SELECT min(created_at) FROM sync_jobs \
                                           WHERE status IN ('queued', 'running')), 'infinity') \
-           ORDER BY completed_at LIMIT $2 \
-           FOR UPDATE SKIP LOCKED) \
-         DELETE FROM sync_tasks t USING batch WHERE t.id = batch.id",
+           ORDER BY completed_at LIMIT $3 \
+           FOR UPDATE SKIP LOCKED), \
+         gone AS (DELETE FROM sync_tasks t USING batch WHERE t.id = batch.id \
+                  RETURNING batch.completed_at) \
+         SELECT count(*) AS removed, max(completed_at) AS last FROM gone",
     )
     .bind::<Timestamptz, _>(before)
+    .bind::<Timestamptz, _>(from.unwrap_or(DateTime::<Utc>::UNIX_EPOCH))
     .bind::<BigInt, _>(limit)
-    .execute(conn)
+    .get_result(conn)?;
+    Ok((step.removed as usize, step.last))
 }
 
 /// Where an events walk has got to: the last event it looked at, in (received, id) order.
