@@ -17,6 +17,16 @@ async fn token(client: &reqwest::Client, base: &str, id: &str, secret: &str) -> 
         .unwrap()
 }
 
+/// A bearer token issued to the sandbox's own client credentials.
+async fn access_token(client: &reqwest::Client, base: &str) -> String {
+    let issued: Value = token(client, base, CLIENT_ID, CLIENT_SECRET)
+        .await
+        .json()
+        .await
+        .unwrap();
+    issued["access_token"].as_str().unwrap().to_owned()
+}
+
 fn contact_url(base: &str, id: &str) -> String {
     format!("{base}/services/data/v66.0/sobjects/Contact/Customer_Id__c/{id}")
 }
@@ -64,12 +74,7 @@ async fn upsert_creates_then_updates_and_delete_is_by_external_id() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let client = reqwest::Client::new();
     let base = sandbox.base_url();
-    let tok: Value = token(&client, &base, CLIENT_ID, CLIENT_SECRET)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let bearer = tok["access_token"].as_str().unwrap().to_owned();
+    let bearer = access_token(&client, &base).await;
 
     let unauthenticated = client
         .patch(contact_url(&base, "c-1"))
@@ -295,14 +300,10 @@ async fn contact_ids_differ_between_two_sandbox_processes() {
         let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
         let client = reqwest::Client::new();
         let base = sandbox.base_url();
-        let tok: Value = token(&client, &base, CLIENT_ID, CLIENT_SECRET)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let bearer = access_token(&client, &base).await;
         let created = client
             .patch(contact_url(&base, "c-1"))
-            .bearer_auth(tok["access_token"].as_str().unwrap())
+            .bearer_auth(bearer)
             .json(&json!({"LastName": "Lovelace"}))
             .send()
             .await

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use shared::catalog::{self, Command, NewCustomer, Origin};
 use shared::domain::{CustomerId, CustomerName, Email, Provider};
 use shared::queue;
-use shared::testing::TestDatabase;
+use shared::testing::{index_stat, TestDatabase};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -369,27 +369,6 @@ fn a_claim_takes_at_most_its_limit_whatever_plan_postgresql_picks() {
     assert_eq!(db.count_where("sync_tasks", "status = 'in_flight'"), 16);
 }
 
-/// Index scans of `index` so far, as PostgreSQL's statistics count them.
-fn index_scans(conn: &mut PgConnection, index: &str) -> i64 {
-    use diesel::connection::SimpleConnection;
-    #[derive(QueryableByName)]
-    struct Scans {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        scans: i64,
-    }
-    // This session's counts reach the shared statistics at the end of its next statement.
-    conn.batch_execute("SELECT pg_stat_force_next_flush()")
-        .unwrap();
-    conn.batch_execute("SELECT pg_stat_clear_snapshot()")
-        .unwrap();
-    diesel::sql_query(format!(
-        "SELECT idx_scan AS scans FROM pg_stat_user_indexes WHERE indexrelname = '{index}'"
-    ))
-    .get_result::<Scans>(conn)
-    .unwrap()
-    .scans
-}
-
 #[test]
 fn the_oldest_task_probe_uses_the_customer_index_even_when_statistics_say_none_are_open() {
     // Statistics taken while every task had succeeded, then a burst of 300 due tasks, as
@@ -417,15 +396,17 @@ fn the_oldest_task_probe_uses_the_customer_index_even_when_statistics_say_none_a
            FROM generate_series(1, 300) g",
     )
     .unwrap();
-    let provider_wide = index_scans(&mut conn, "sync_tasks_open_seq_idx");
-    let by_customer = index_scans(&mut conn, "sync_tasks_open_customer_idx");
+    let provider_wide = index_stat(&mut conn, "sync_tasks_open_seq_idx", "idx_scan");
+    let by_customer = index_stat(&mut conn, "sync_tasks_open_customer_idx", "idx_scan");
     assert!(queue::next_due(&mut conn, Provider::Stripe)
         .unwrap()
         .is_some());
     let claimed = queue::claim(&mut conn, Provider::Stripe, 16, "me", LEASE).unwrap();
     assert_eq!(claimed.len(), 16);
-    let provider_wide = index_scans(&mut conn, "sync_tasks_open_seq_idx") - provider_wide;
-    let by_customer = index_scans(&mut conn, "sync_tasks_open_customer_idx") - by_customer;
+    let provider_wide =
+        index_stat(&mut conn, "sync_tasks_open_seq_idx", "idx_scan") - provider_wide;
+    let by_customer =
+        index_stat(&mut conn, "sync_tasks_open_customer_idx", "idx_scan") - by_customer;
     assert!(
         provider_wide <= 2,
         "the provider-wide index walked once per query, not once per probe: {provider_wide}"

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use sandbox::SandboxConfig;
 use serde_json::json;
 use shared::db::{self, PgPool};
-use shared::testing::TestDatabase;
+use shared::testing::{index_stat, TestDatabase};
 
 use crate::helpers::{spawn_app, spawn_loop, WAIT};
 
@@ -50,6 +50,19 @@ fn task(n: u32, status: &str, days: u32) -> String {
            'k{n}', now() - interval '{days} days' - interval '1 minute', \
            now() - interval '{days} days', \
            CASE WHEN '{status}' = 'succeeded' THEN now() - interval '{days} days' END);"
+    )
+}
+
+/// `n` succeeded tasks of `customer`, completed 90 days ago a second apart, in one
+/// statement.
+fn old_tasks(customer: &str, n: u32) -> String {
+    format!(
+        "INSERT INTO sync_tasks (id, provider, customer_id, operation, version, status, \
+           idempotency_key, created_at, updated_at, completed_at) \
+         SELECT gen_random_uuid(), 'stripe', '{customer}', 'update', g, 'succeeded', 'k' || g, \
+           now() - interval '90 days', now() - interval '90 days', \
+           now() - interval '90 days' + g * interval '1 second' \
+         FROM generate_series(1, {n}) g;"
     )
 }
 
@@ -183,20 +196,16 @@ async fn a_pass_over_a_large_history_while_creates_and_webhooks_flow_loses_nothi
     // 20,000 old succeeded tasks and 20,000 old superseded events: 20 batches of each.
     stack
         .conn()
-        .batch_execute(
+        .batch_execute(&format!(
             "INSERT INTO customers (id, name, email) VALUES ('old', 'Old', 'old@example.com'); \
-             INSERT INTO sync_tasks (id, provider, customer_id, operation, version, status, \
-               idempotency_key, created_at, updated_at, completed_at) \
-             SELECT gen_random_uuid(), 'stripe', 'old', 'update', g, 'succeeded', 'k' || g, \
-               now() - interval '90 days', now() - interval '90 days', \
-               now() - interval '90 days' + g * interval '1 second' \
-             FROM generate_series(1, 20000) g; \
+             {} \
              INSERT INTO webhook_events (id, event_type, created, object_id, payload, received_at) \
              SELECT 'evt_old_' || g, 'customer.updated', \
-               extract(epoch FROM now() - interval '90 days')::bigint + g, 'cus_old', '{}', \
+               extract(epoch FROM now() - interval '90 days')::bigint + g, 'cus_old', '{{}}', \
                now() - interval '90 days' + g * interval '1 second' \
              FROM generate_series(1, 20001) g;",
-        )
+            old_tasks("old", 20_000)
+        ))
         .unwrap();
     let consumer = stack.consumer().await;
     let pruning = retention(&stack.db, 30);
@@ -242,24 +251,6 @@ async fn a_pass_over_a_large_history_while_creates_and_webhooks_flow_loses_nothi
     consumer.shutdown().await;
 }
 
-/// Index entries the scans of `index` returned so far, as PostgreSQL's statistics count
-/// them (this session's counts flushed first).
-fn index_entries_read(conn: &mut PgConnection, index: &str) -> i64 {
-    #[derive(QueryableByName)]
-    struct Read {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        read: i64,
-    }
-    conn.batch_execute("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
-        .unwrap();
-    diesel::sql_query(format!(
-        "SELECT idx_tup_read AS read FROM pg_stat_user_indexes WHERE indexrelname = '{index}'"
-    ))
-    .get_result::<Read>(conn)
-    .unwrap()
-    .read
-}
-
 #[tokio::test]
 async fn each_task_batch_starts_where_the_last_ended_not_over_the_rows_it_deleted() {
     // The rows a batch deletes stay in the index until a vacuum: a batch that walked the
@@ -267,27 +258,22 @@ async fn each_task_batch_starts_where_the_last_ended_not_over_the_rows_it_delete
     // millions of rows got slower with every batch (and live traffic with it).
     let app = spawn_app().await;
     let mut conn = app.conn();
-    conn.batch_execute(
+    conn.batch_execute(&format!(
         "ALTER TABLE sync_tasks SET (autovacuum_enabled = false); \
-         INSERT INTO customers (id, name, email) VALUES ('c-1', 'C', 'c@example.com'); \
-         INSERT INTO sync_tasks (id, provider, customer_id, operation, version, status, \
-           idempotency_key, created_at, updated_at, completed_at) \
-         SELECT gen_random_uuid(), 'stripe', 'c-1', 'update', g, 'succeeded', 'k' || g, \
-           now() - interval '90 days', now() - interval '90 days', \
-           now() - interval '90 days' + g * interval '1 second' \
-         FROM generate_series(1, 2000) g; \
+         INSERT INTO customers (id, name, email) VALUES ('c-1', 'C', 'c@example.com'); {} \
          ANALYZE sync_tasks; \
          SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off",
-    )
+        old_tasks("c-1", 2_000)
+    ))
     .unwrap();
     let before = chrono::Utc::now() - chrono::Duration::days(30);
     let index = "sync_tasks_succeeded_idx";
     let mut from = None;
     for batch in 0..4 {
-        let read_before = index_entries_read(&mut conn, index);
+        let read_before = index_stat(&mut conn, index, "idx_tup_read");
         let (removed, last) =
             shared::db::retention::prune_tasks(&mut conn, before, from, 500).unwrap();
-        let read = index_entries_read(&mut conn, index) - read_before;
+        let read = index_stat(&mut conn, index, "idx_tup_read") - read_before;
         assert_eq!(removed, 500, "batch {batch}");
         // Its own 500 entries (and the one it started from), not the ones deleted before.
         assert!(read <= 510, "batch {batch} read {read} index entries");

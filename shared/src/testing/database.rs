@@ -250,3 +250,23 @@ fn template_name() -> &'static str {
         name
     })
 }
+
+/// One counter of `index` in `pg_stat_user_indexes` (`idx_scan`, `idx_tup_read`, ...), as
+/// PostgreSQL's statistics hold it now: this session's own counts are flushed first.
+pub fn index_stat(conn: &mut PgConnection, index: &str, counter: &str) -> i64 {
+    use diesel::connection::SimpleConnection;
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Stat {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        value: i64,
+    }
+    conn.batch_execute("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
+        .expect("flushing this session's statistics");
+    diesel::sql_query(format!(
+        "SELECT {counter} AS value FROM pg_stat_user_indexes WHERE indexrelname = '{index}'"
+    ))
+    .get_result::<Stat>(conn)
+    .expect("reading the index's statistics")
+    .value
+}

@@ -15,7 +15,7 @@ pub mod settings;
 pub mod zmtp;
 
 pub use api::{error_of, ApiClient};
-pub use database::{admin_url, TestDatabase, PRIVATE_PORT};
+pub use database::{admin_url, index_stat, TestDatabase, PRIVATE_PORT};
 
 /// The API token of every test and benchmark stack.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
