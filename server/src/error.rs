@@ -43,9 +43,9 @@ pub enum ApiError {
     /// No such route or method.
     #[error("no route for {0}")]
     NoRoute(String),
-    /// The path exists but not with this method.
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    /// The path exists but not with this method; `allow` lists the ones it serves.
+    #[error("{message}")]
+    MethodNotAllowed { message: String, allow: String },
     /// The request contradicts what is stored.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -91,23 +91,30 @@ impl ApiError {
             | ApiError::BadGateway { code, .. }
             | ApiError::BadRequest { code, .. } => code,
             ApiError::NoRoute(_) => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::Unexpected(_) => "internal_error",
         }
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// Every error's body.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody)]
+pub struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+/// What went wrong, for a program (`code`) and a person (`message`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable and snake_case, such as `validation_failed` or `customer_not_found`.
+    #[schema(value_type = String)]
     code: &'a str,
     message: String,
+    /// The field or parameter to fix, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     field: Option<&'a str>,
 }
 
@@ -122,7 +129,7 @@ impl ResponseError for ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
@@ -144,11 +151,18 @@ impl ResponseError for ApiError {
             _ => None,
         };
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            // RFC 9110: a 405 names the methods the resource serves.
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
+            }
+            _ => {}
         }
-        response.json(Body {
-            error: Detail {
+        response.json(ErrorBody {
+            error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
                 field,

@@ -128,7 +128,9 @@ pub async fn once_per_key(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let keyed_method = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE);
+    // Only a change a route serves: a wrong method or path answers 405 or 404 as without a key.
+    let keyed_method =
+        matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE) && served(&req);
     let Some(key) = req.headers().get(HEADER).filter(|_| keyed_method).cloned() else {
         return next
             .call(req)
@@ -243,6 +245,15 @@ async fn forget(state: &AppState, keyed: Keyed) {
     if let Err(e) = state.keys.submit(&key, KeyOp::Abandon(keyed)).await {
         tracing::warn!(error = %e, "could not release an idempotency key");
     }
+}
+
+/// Whether a route serves the request's method at its path (the OpenAPI document lists
+/// every route's methods, and a test keeps it equal to the routes).
+fn served(req: &ServiceRequest) -> bool {
+    req.resource_map()
+        .match_pattern(req.path())
+        .and_then(|pattern| crate::openapi::methods_at(&pattern))
+        .is_some_and(|methods| methods.split(", ").any(|m| m == req.method().as_str()))
 }
 
 fn parse_key(value: &HeaderValue) -> Result<String, ApiError> {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod idempotency;
 pub mod listener;
 pub mod metrics;
+pub mod openapi;
 pub mod probe;
 pub mod publisher;
 pub mod routes;

@@ -32,7 +32,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn scrape() -> HttpResponse {
+/// The process's metrics in Prometheus's text format (README "Metrics and alerts").
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "get_metrics",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Prometheus's text exposition format", content_type = "text/plain", body = String))
+)]
+pub async fn scrape() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(shared::metrics::CONTENT_TYPE)
         .body(shared::metrics::render())

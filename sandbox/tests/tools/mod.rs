@@ -20,56 +20,11 @@ pub const STRIPE_NODE: &str = "stripe@23.1.0";
 
 /// The venv's python, with stripe-python and jsonschema, made once and reused.
 pub fn python_with_stripe() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-stripe-venv");
-    let python = venv.join("bin").join("python");
-    let ready = |python: &Path| {
-        Command::new(python)
-            .args([
-                "-c",
-                "import stripe, jsonschema, sys; sys.exit(stripe.VERSION != '16.1.0')",
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ready(&python) {
-        return python;
-    }
-    // Whatever is there is broken or another version.
-    let _ = std::fs::remove_dir_all(&venv);
-    // Made aside and renamed into place, so test binaries running at once cannot see a
-    // half-made venv (a venv run by its own bin/python may move).
-    let aside = venv.with_extension(format!("{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&aside);
-    let created = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&aside)
-        .output();
-    match created {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "the Stripe SDK for Python could not be installed: python3 -m venv failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("the Stripe SDK for Python could not be installed: no python3 ({e})"),
-    }
-    let aside_python = aside.join("bin").join("python");
-    let pip = Command::new(&aside_python)
-        .args(["-m", "pip", "install", "--quiet", STRIPE_PYTHON, JSONSCHEMA])
-        .output()
-        .expect("running pip");
-    if pip.status.success() {
-        // Another process may have won the race: its venv is as good as ours.
-        if std::fs::rename(&aside, &venv).is_err() {
-            let _ = std::fs::remove_dir_all(&aside);
-        }
-    }
-    assert!(
-        pip.status.success() && ready(&python),
-        "the Stripe SDK for Python could not be installed (pip install {STRIPE_PYTHON} \
-         {JSONSCHEMA}; PyPI must be reachable): {}",
-        String::from_utf8_lossy(&pip.stderr)
-    );
-    python
+    shared::testing::python::venv(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-stripe-venv"),
+        &[STRIPE_PYTHON, JSONSCHEMA],
+        "import stripe, jsonschema, sys; sys.exit(stripe.VERSION != '16.1.0')",
+    )
 }
 
 /// A `node_modules` directory holding stripe-node, installed once with npm.

@@ -10,8 +10,9 @@ use tracing_actix_web::RequestId;
 
 use super::webhook::WebhookSettings;
 use super::{optional, page_limit, required, CustomerResponse, TaskResponse};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::RunningKey;
+use crate::openapi::schemas;
 use crate::startup::AppState;
 
 /// Registers the customer routes (inside the authenticated scope).
@@ -24,7 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/task/create/customer")
-            .post(create)
+            .post(create_seed)
             .default_service(web::to(super::wrong_method)),
     )
     .service(
@@ -42,49 +43,88 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `POST /api/v1/customers` and the seed-compatible `POST /api/v1/task/create/customer`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewCustomer)]
 pub struct CreateBody {
+    /// Generated (`cs_...`) when absent.
+    #[schema(schema_with = schemas::customer_id)]
     id: Option<String>,
+    #[schema(schema_with = schemas::name, required = true)]
     name: Option<String>,
+    #[schema(schema_with = schemas::email, required = true)]
     email: Option<String>,
 }
 
 /// `PATCH /api/v1/customers/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CustomerChange)]
 pub struct UpdateBody {
+    #[schema(schema_with = schemas::name)]
     name: Option<String>,
+    #[schema(schema_with = schemas::email)]
     email: Option<String>,
 }
 
 /// `PUT /api/v1/customers/{id}/links/stripe`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = StripeLink)]
 pub struct LinkBody {
+    /// A Stripe customer id such as `cus_1Abc`.
+    #[schema(schema_with = schemas::stripe_id, required = true)]
     external_id: Option<String>,
 }
 
 /// `GET /api/v1/customers` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// The `next_after` of the previous page.
+    #[param(schema_with = schemas::customer_id)]
     after: Option<String>,
+    /// Only the customers with this email.
+    #[param(schema_with = schemas::email)]
     email: Option<String>,
+    /// Tombstones too.
     #[serde(default)]
     include_deleted: bool,
 }
 
+/// What both creates answer (besides the shared answers of `openapi`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes the answers; `respond` and `ApiError` make them.
+pub enum CreateAnswers {
+    /// Created, with one task per enabled provider
+    #[response(status = 202)]
+    Created(ChangeResponse),
+    /// The same id exists with the same fields (a retry): nothing written, no task
+    #[response(status = 200)]
+    Same(ChangeResponse),
+    /// `validation_failed` naming `id`, `name` or `email`, or `malformed_json`
+    #[response(status = 400)]
+    Invalid(ErrorBody<'static>),
+    /// `customer_exists`: the id exists with other fields, or was deleted
+    #[response(status = 409)]
+    Exists(ErrorBody<'static>),
+}
+
 /// A change's answer: the customer and the tasks it queued.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CustomerChanged)]
 pub struct ChangeResponse {
     customer: CustomerResponse,
     tasks: Vec<TaskResponse>,
 }
 
 /// A page of customers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CustomerPage)]
 pub struct ListResponse {
     customers: Vec<CustomerResponse>,
     /// Pass as `after` to get the next page; `null` on the last page.
@@ -134,6 +174,14 @@ async fn commit(
 }
 
 /// Creates a customer and one task per enabled provider.
+#[utoipa::path(
+    post,
+    path = "/api/v1/customers",
+    operation_id = "create_customer",
+    tag = "customers",
+    request_body = CreateBody,
+    responses(CreateAnswers)
+)]
 #[tracing::instrument(skip_all, fields(customer_id))]
 pub async fn create(
     state: web::Data<AppState>,
@@ -159,7 +207,40 @@ pub async fn create(
     commit(&state, Command::Create(new), request_id).await
 }
 
+/// The seed-compatible create: the same as `POST /api/v1/customers`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/task/create/customer",
+    operation_id = "create_customer_seed_compatible",
+    tag = "customers",
+    request_body = CreateBody,
+    responses(CreateAnswers)
+)]
+pub async fn create_seed(
+    state: web::Data<AppState>,
+    body: web::Json<CreateBody>,
+    request_id: RequestId,
+    key: Option<web::ReqData<RunningKey>>,
+) -> Result<HttpResponse, ApiError> {
+    create(state, body, request_id, key).await
+}
+
 /// Changes name and/or email.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/customers/{id}",
+    operation_id = "update_customer",
+    tag = "customers",
+    params(crate::openapi::path::Customer),
+    request_body = UpdateBody,
+    responses(
+        (status = 202, description = "Changed: version + 1, with one task per enabled provider", body = ChangeResponse),
+        (status = 200, description = "Nothing changes: nothing written, no task", body = ChangeResponse),
+        (status = 400, description = "`validation_failed` naming `id`, `name` or `email`, or `malformed_json`", body = ErrorBody),
+        (status = 404, description = "`customer_not_found`", body = ErrorBody),
+        (status = 409, description = "`customer_deleted`: the customer is a tombstone", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(customer_id = %path))]
 pub async fn update(
     state: web::Data<AppState>,
@@ -174,6 +255,19 @@ pub async fn update(
 }
 
 /// Makes the customer a tombstone and queues delete tasks.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/customers/{id}",
+    operation_id = "delete_customer",
+    tag = "customers",
+    params(crate::openapi::path::Customer),
+    responses(
+        (status = 202, description = "Deleted (a tombstone), with one delete task per enabled provider", body = ChangeResponse),
+        (status = 200, description = "Already deleted: nothing written, no task", body = ChangeResponse),
+        (status = 400, description = "`validation_failed` naming `id`", body = ErrorBody),
+        (status = 404, description = "`customer_not_found`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(customer_id = %path))]
 pub async fn delete(
     state: web::Data<AppState>,
@@ -185,6 +279,18 @@ pub async fn delete(
 }
 
 /// One customer with its links.
+#[utoipa::path(
+    get,
+    path = "/api/v1/customers/{id}",
+    operation_id = "get_customer",
+    tag = "customers",
+    params(crate::openapi::path::Customer),
+    responses(
+        (status = 200, description = "The customer, with `version`, timestamps, `deleted_at` and its links", body = CustomerResponse),
+        (status = 400, description = "`validation_failed` naming `id`", body = ErrorBody),
+        (status = 404, description = "`customer_not_found`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(customer_id = %path))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -196,6 +302,17 @@ pub async fn get(
 }
 
 /// A page of customers ordered by id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/customers",
+    operation_id = "list_customers",
+    tag = "customers",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of customers ordered by id", body = ListResponse),
+        (status = 400, description = "`validation_failed` naming the parameter", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(
     state: web::Data<AppState>,
@@ -267,6 +384,23 @@ async fn verify_stripe_customer(stripe: &StripeClient, id: &str) -> Result<(), A
 /// Links the customer to a Stripe customer chosen by hand: 202 with the Stripe `update`
 /// task that pushes our state and metadata onto it; 200 and no task when the link already
 /// names it. Dead Stripe tasks of the customer are settled.
+#[utoipa::path(
+    put,
+    path = "/api/v1/customers/{id}/links/stripe",
+    operation_id = "link_stripe_customer",
+    tag = "customers",
+    params(crate::openapi::path::Customer),
+    request_body = LinkBody,
+    responses(
+        (status = 202, description = "Linked, with one Stripe `update` task", body = ChangeResponse),
+        (status = 200, description = "The link already names that id: nothing written, `tasks` empty", body = ChangeResponse),
+        (status = 400, description = "`validation_failed` naming `id` or `external_id`, or `malformed_json`", body = ErrorBody),
+        (status = 404, description = "`customer_not_found`", body = ErrorBody),
+        (status = 409, description = "`customer_deleted`, `link_taken` (another customer is linked to that Stripe id) or `provider_disabled`", body = ErrorBody),
+        (status = 422, description = "`stripe_customer_not_found`: Stripe has no such customer, or it is deleted", body = ErrorBody),
+        (status = 502, description = "`stripe_unavailable`: Stripe could not be asked; nothing written, retry", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(customer_id = %path, provider = "stripe", external_id))]
 pub async fn link_stripe(
     state: web::Data<AppState>,

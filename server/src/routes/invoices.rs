@@ -6,7 +6,8 @@ use shared::db::invoices::{self, InvoiceFilter, InvoiceRow};
 use shared::domain::CustomerId;
 
 use super::{optional, page_limit};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::schemas;
 use crate::startup::AppState;
 
 /// Registers the invoice routes (inside the authenticated scope).
@@ -24,17 +25,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `GET /api/v1/invoices` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(schema_with = schemas::customer_id)]
     customer_id: Option<String>,
+    /// Stripe's invoice status, or `deleted` for a deleted draft.
+    #[param(pattern = "^(draft|open|paid|uncollectible|void|deleted)$")]
     status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// The `next_after` of the previous page.
+    #[param(schema_with = schemas::stripe_id)]
     after: Option<String>,
 }
 
-/// An invoice as the API shows it.
-#[derive(Debug, Serialize)]
+/// An invoice as the API shows it (amounts in minor units).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Invoice)]
 pub struct InvoiceResponse {
     pub id: String,
     pub customer_id: Option<String>,
@@ -78,7 +88,8 @@ impl From<InvoiceRow> for InvoiceResponse {
 }
 
 /// A page of invoices.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = InvoicePage)]
 pub struct ListResponse {
     invoices: Vec<InvoiceResponse>,
     next_after: Option<String>,
@@ -100,6 +111,18 @@ fn invoice_id(id: &str) -> Result<String, ApiError> {
 }
 
 /// One invoice.
+#[utoipa::path(
+    get,
+    path = "/api/v1/invoices/{id}",
+    operation_id = "get_invoice",
+    tag = "invoices",
+    params(crate::openapi::path::Invoice),
+    responses(
+        (status = 200, description = "The invoice", body = InvoiceResponse),
+        (status = 400, description = "`validation_failed` naming `id`", body = ErrorBody),
+        (status = 404, description = "`invoice_not_found`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(invoice_id = %path))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -118,6 +141,17 @@ pub async fn get(
 }
 
 /// A page of invoices ordered by id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/invoices",
+    operation_id = "list_invoices",
+    tag = "invoices",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of invoices ordered by id", body = ListResponse),
+        (status = 400, description = "`validation_failed` naming the parameter", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(
     state: web::Data<AppState>,

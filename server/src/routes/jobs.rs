@@ -9,7 +9,7 @@ use shared::db::{DbError, PgConn};
 use shared::domain::{JobKind, JobStatus, Provider};
 
 use super::{optional, page_limit, page_limit_up_to, required};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::startup::AppState;
 
 /// The largest page of jobs.
@@ -41,40 +41,66 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `POST /api/v1/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewJob)]
 pub struct CreateBody {
+    /// `import` or `reconcile`.
+    #[schema(value_type = String, required = true, pattern = "^(import|reconcile)$")]
     kind: Option<String>,
+    /// Only `stripe` has jobs.
+    #[schema(value_type = String, required = true, pattern = "^stripe$")]
     provider: Option<String>,
+    /// Repair what a reconcile finds (reconcile only; default false).
+    #[schema(value_type = bool)]
     repair: Option<bool>,
 }
 
 /// `GET /api/v1/jobs` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[param(pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     status: Option<String>,
+    /// `import` or `reconcile`.
+    #[param(pattern = "^(import|reconcile)$")]
     kind: Option<String>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// The `next_after` of the previous page: older jobs.
+    #[param(format = Uuid)]
     after: Option<String>,
 }
 
 /// `GET /api/v1/jobs/{id}/findings` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FindingsQuery {
+    /// A kind of finding (`linked`, `ambiguous`, `differs`, ...).
+    #[param(min_length = 1, max_length = 64, pattern = "^[a-z_]+$")]
     kind: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// The `seq` of the last finding seen (`next_after`).
+    #[param(pattern = "^[0-9]{1,18}$")]
     after: Option<String>,
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Job)]
 pub struct JobResponse {
     pub id: uuid::Uuid,
+    #[schema(pattern = "^(import|reconcile)$")]
     pub kind: String,
     pub provider: String,
     pub repair: bool,
+    #[schema(pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     pub status: String,
     pub requested_by: String,
     pub cancel_requested: bool,
@@ -113,7 +139,8 @@ impl From<JobRow> for JobResponse {
 }
 
 /// A page of jobs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = JobPage)]
 pub struct ListResponse {
     jobs: Vec<JobResponse>,
     /// Pass as `after` to get the next (older) page; `null` on the last page.
@@ -121,7 +148,8 @@ pub struct ListResponse {
 }
 
 /// One thing a job found about one object.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Finding)]
 pub struct FindingResponse {
     pub kind: String,
     pub subject: String,
@@ -146,7 +174,8 @@ impl From<FindingRow> for FindingResponse {
 }
 
 /// A page of a job's findings.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FindingPage)]
 pub struct FindingsResponse {
     findings: Vec<FindingResponse>,
     /// Pass as `after` to get the next page; `null` on the last page.
@@ -202,6 +231,18 @@ fn queue_unless_open(
 }
 
 /// Queues an import or a reconcile of a provider.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    operation_id = "create_job",
+    tag = "jobs",
+    request_body = CreateBody,
+    responses(
+        (status = 202, description = "Queued (`status: queued`, `requested_by: api`); a consumer serving the provider runs it", body = JobResponse),
+        (status = 400, description = "`validation_failed` naming `kind`, `provider` or `repair`, or `malformed_json`", body = ErrorBody),
+        (status = 409, description = "`provider_disabled` (no STRIPE_API_KEY), or `job_exists`: a job of that kind and provider is queued or running", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(provider, job_id))]
 pub async fn create(
     state: web::Data<AppState>,
@@ -257,6 +298,18 @@ pub async fn create(
 }
 
 /// One job.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    params(crate::openapi::path::Job),
+    responses(
+        (status = 200, description = "The job; `report` is null until it finished", body = JobResponse),
+        (status = 400, description = "`validation_failed` naming `id`: not a UUID", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(job_id = %path))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -271,6 +324,17 @@ pub async fn get(
 }
 
 /// A page of jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs, newest first", body = ListResponse),
+        (status = 400, description = "`validation_failed` naming the parameter", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(
     state: web::Data<AppState>,
@@ -299,6 +363,18 @@ pub async fn list(
 }
 
 /// A page of one job's findings, in the order they were found.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/findings",
+    operation_id = "list_job_findings",
+    tag = "jobs",
+    params(crate::openapi::path::Job, FindingsQuery),
+    responses(
+        (status = 200, description = "A page of the job's findings in the order found", body = FindingsResponse),
+        (status = 400, description = "`validation_failed` naming `id` or the parameter", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(job_id = %path))]
 pub async fn findings(
     state: web::Data<AppState>,
@@ -335,6 +411,20 @@ pub async fn findings(
 }
 
 /// Cancels a queued job (200); asks a running one to stop at its next checkpoint (202).
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/cancel",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    params(crate::openapi::path::Job),
+    responses(
+        (status = 200, description = "A queued job, now `cancelled`", body = JobResponse),
+        (status = 202, description = "A running job, now `cancel_requested`; its consumer stops at the next checkpoint", body = JobResponse),
+        (status = 400, description = "`validation_failed` naming `id`: not a UUID", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`job_finished`: it already succeeded, failed or was cancelled", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(job_id = %path))]
 pub async fn cancel(
     state: web::Data<AppState>,

@@ -17,12 +17,13 @@ use shared::db::tasks::TaskRow;
 use crate::auth::require_token;
 use crate::error::ApiError;
 
-/// The `/api/v1` routes: health and the webhook without a token, every other resource
-/// behind it. Each module registers its own routes.
+/// The `/api/v1` routes: health, the OpenAPI document and the webhook without a token,
+/// every other resource behind it. Each module registers its own routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
             .configure(health::configure)
+            .configure(crate::openapi::configure)
             .configure(webhook::configure)
             .service(
                 web::scope("")
@@ -119,27 +120,36 @@ pub async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiEr
     )))
 }
 
-/// The answer for a method a known path does not serve.
+/// The answer for a method a known path does not serve, with the methods it does serve
+/// (read from the OpenAPI document, which a test keeps equal to the routes).
 pub async fn wrong_method(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!(
-        "{} is not supported on {}",
-        req.method(),
-        req.path()
-    )))
+    let allow = req
+        .match_pattern()
+        .and_then(|pattern| crate::openapi::methods_at(&pattern))
+        .unwrap_or_default();
+    Err(ApiError::MethodNotAllowed {
+        message: format!("{} is not supported on {}", req.method(), req.path()),
+        allow: allow.to_owned(),
+    })
 }
 
 /// A provider link as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Link)]
 pub struct LinkResponse {
+    #[schema(pattern = "^(stripe|salesforce)$")]
     pub provider: String,
+    /// The provider's id for the customer; `null` until the provider made it.
     pub external_id: Option<String>,
     pub synced_version: i64,
     /// `synced`, `pending` or `dead` (a task for this provider needs a manual retry).
+    #[schema(value_type = String, pattern = "^(synced|pending|dead)$")]
     pub state: &'static str,
 }
 
 /// A customer as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Customer)]
 pub struct CustomerResponse {
     pub id: String,
     pub name: String,
@@ -184,13 +194,17 @@ impl From<CustomerView> for CustomerResponse {
 }
 
 /// A sync task as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Task)]
 pub struct TaskResponse {
     pub id: uuid::Uuid,
+    #[schema(pattern = "^(stripe|salesforce)$")]
     pub provider: String,
     pub customer_id: String,
+    #[schema(pattern = "^(create|update|delete)$")]
     pub operation: String,
     pub version: i64,
+    #[schema(pattern = "^(pending|in_flight|succeeded|dead)$")]
     pub status: String,
     pub attempts: i32,
     pub next_attempt_at: chrono::DateTime<chrono::Utc>,

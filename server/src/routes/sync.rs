@@ -1,7 +1,6 @@
 //! `GET /api/v1/sync/status`: per enabled provider, how far the Events API catch-up got,
 //! the last import and reconcile, and when a webhook was last heard.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
@@ -32,21 +31,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Every provider the server enables, by name.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = SyncStatus)]
 pub struct StatusResponse {
-    providers: BTreeMap<&'static str, ProviderStatus>,
+    providers: Providers,
 }
 
-/// One provider's state; only Stripe has a catch-up, jobs and webhooks.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum ProviderStatus {
-    Stripe(Box<StripeStatus>),
-    Other { enabled: bool, jobs: bool },
+/// One entry per provider the server enables; only Stripe has a catch-up, jobs and
+/// webhooks.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Providers {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = StripeStatus)]
+    stripe: Option<Box<StripeStatus>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = OtherProviderStatus)]
+    salesforce: Option<OtherProviderStatus>,
+}
+
+/// A provider without a catch-up or jobs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OtherProviderStatus {
+    enabled: bool,
+    jobs: bool,
 }
 
 /// Stripe's catch-up, jobs and webhooks.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StripeStatus {
     pub enabled: bool,
     pub jobs: bool,
@@ -60,7 +71,8 @@ pub struct StripeStatus {
 }
 
 /// The Events API cursor as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = EventsCursor)]
 pub struct CursorResponse {
     pub last_event_id: Option<String>,
     pub last_event_created: Option<i64>,
@@ -89,7 +101,7 @@ impl From<CursorRow> for CursorResponse {
 }
 
 /// The newest job of a kind, in brief (`GET /api/v1/jobs/{id}` has the rest).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: uuid::Uuid,
     pub status: String,
@@ -116,7 +128,7 @@ impl From<JobRow> for JobSummary {
 }
 
 /// When the webhook endpoint last received a delivery.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookStatus {
     pub last_heard_at: Option<DateTime<Utc>>,
     pub seconds_since_last: Option<u64>,
@@ -171,11 +183,18 @@ impl From<StripeReads> for StripeStatus {
 }
 
 /// The sync state of each enabled provider.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sync/status",
+    operation_id = "get_sync_status",
+    tag = "operations",
+    responses((status = 200, description = "The sync state of each enabled provider", body = StatusResponse))
+)]
 #[tracing::instrument(skip_all)]
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut providers = BTreeMap::new();
+    let mut providers = Providers::default();
     for provider in state.providers.iter().copied() {
-        let status = match provider {
+        match provider {
             Provider::Stripe => {
                 let reads = state
                     .db(|conn| {
@@ -191,14 +210,15 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
                         })
                     })
                     .await?;
-                ProviderStatus::Stripe(Box::new(StripeStatus::from(reads)))
+                providers.stripe = Some(Box::new(StripeStatus::from(reads)));
             }
-            Provider::Salesforce => ProviderStatus::Other {
-                enabled: true,
-                jobs: false,
-            },
-        };
-        providers.insert(provider.as_str(), status);
+            Provider::Salesforce => {
+                providers.salesforce = Some(OtherProviderStatus {
+                    enabled: true,
+                    jobs: false,
+                })
+            }
+        }
     }
     Ok(HttpResponse::Ok().json(StatusResponse { providers }))
 }

@@ -7,7 +7,8 @@ use shared::domain::{CustomerId, Provider, TaskId, TaskStatus};
 use shared::queue;
 
 use super::{optional, page_limit, TaskResponse};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::schemas;
 use crate::startup::AppState;
 
 /// Registers the task routes (inside the authenticated scope).
@@ -30,18 +31,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `GET /api/v1/tasks` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `pending`, `in_flight`, `succeeded` or `dead`.
+    #[param(pattern = "^(pending|in_flight|succeeded|dead)$")]
     status: Option<String>,
+    /// `stripe` or `salesforce`.
+    #[param(pattern = "^(stripe|salesforce)$")]
     provider: Option<String>,
+    #[param(schema_with = schemas::customer_id)]
     customer_id: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// The `next_after` of the previous page.
+    #[param(format = Uuid)]
     after: Option<String>,
 }
 
 /// A page of tasks.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = TaskPage)]
 pub struct ListResponse {
     tasks: Vec<TaskResponse>,
     /// Pass as `after` to get the next page; `null` on the last page.
@@ -57,6 +69,18 @@ fn not_found(id: TaskId) -> ApiError {
 }
 
 /// One task.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    params(crate::openapi::path::Task),
+    responses(
+        (status = 200, description = "The task", body = TaskResponse),
+        (status = 400, description = "`validation_failed` naming `id`", body = ErrorBody),
+        (status = 404, description = "`task_not_found`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(task_id = %path))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -71,6 +95,17 @@ pub async fn get(
 }
 
 /// A page of tasks in acceptance order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks in acceptance order", body = ListResponse),
+        (status = 400, description = "`validation_failed` naming the parameter", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(
     state: web::Data<AppState>,
@@ -102,6 +137,19 @@ pub async fn list(
 }
 
 /// Puts a `dead` task back to `pending` and announces it; 409 for any other state.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/retry",
+    operation_id = "retry_task",
+    tag = "tasks",
+    params(crate::openapi::path::Task),
+    responses(
+        (status = 200, description = "The task, `pending` again with a fresh attempt budget", body = TaskResponse),
+        (status = 400, description = "`validation_failed` naming `id`", body = ErrorBody),
+        (status = 404, description = "`task_not_found`", body = ErrorBody),
+        (status = 409, description = "`task_not_dead`: only a dead task can be retried", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(task_id = %path))]
 pub async fn retry(
     state: web::Data<AppState>,

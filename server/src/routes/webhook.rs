@@ -3,14 +3,14 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::SecretString;
-use serde_json::json;
+use serde::Serialize;
 use shared::db::DbError;
 use shared::inbound::{Applied, Effect};
 use shared::stripe::signature::{self, SignatureError, SignatureHeader};
 use shared::stripe::{Event, StripeClient};
 
 use crate::committers::Inbound;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::startup::AppState;
 
 /// The largest webhook body accepted.
@@ -33,7 +33,34 @@ pub struct WebhookSettings {
     pub stripe: Option<StripeClient>,
 }
 
+/// What a delivery accepted (2xx) is answered with.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Received {
+    received: bool,
+    /// What the event did: `duplicate`, `unhandled`, an effect such as `linked` or
+    /// `updated`, `stale`, or how a same-second tie was settled.
+    #[schema(value_type = String)]
+    outcome: &'static str,
+}
+
 /// Verifies, stores and applies one Stripe event.
+#[utoipa::path(
+    post,
+    path = "/api/v1/endpoint/stripe",
+    operation_id = "receive_stripe_event",
+    tag = "webhooks",
+    security(()),
+    params(("Stripe-Signature" = String, Header, description = "Stripe's signature: `t=<unix time>,v1=<hex HMAC-SHA256>`")),
+    request_body(content = Object, description = "A Stripe event, verified on the raw bytes (at most 1 MiB)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored (and applied) after commit, or already received", body = Received),
+        (status = 400, description = "`invalid_signature` (missing, malformed or wrong signature, expired timestamp) or `invalid_event`: nothing written", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 1 MiB", body = ErrorBody),
+        (status = 500, description = "`internal_error`: the event was not stored; Stripe retries", body = ErrorBody),
+        (status = 502, description = "`tie_unsettled`: a same-second tie could not be settled from Stripe; nothing written, Stripe retries", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(event_id, event_type))]
 pub async fn stripe(
     req: HttpRequest,
@@ -101,7 +128,10 @@ pub async fn stripe(
     };
     count(kind, label);
     tracing::info!(outcome, "webhook event received");
-    Ok(HttpResponse::Ok().json(json!({"received": true, "outcome": outcome})))
+    Ok(HttpResponse::Ok().json(Received {
+        received: true,
+        outcome,
+    }))
 }
 
 /// Settles a same-second tie with the customer as Stripe holds it now, through the

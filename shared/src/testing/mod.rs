@@ -11,6 +11,7 @@ mod api;
 mod database;
 pub mod metrics;
 pub mod processes;
+pub mod python;
 pub mod settings;
 pub mod zmtp;
 
