@@ -33,6 +33,7 @@ async fn run() -> anyhow::Result<()> {
     println!();
     println!("customer-sync is running");
     println!("  API:        {base}/api/v1  (health: {base}/api/v1/health)");
+    println!("  OpenAPI:    {base}/api/v1/openapi.json  (no token)");
     println!("  Webhook:    {base}/api/v1/endpoint/stripe");
     println!("  ZeroMQ:     {}", stack.zmq_endpoint);
     println!("  Consumer:   topics {:?}", stack.providers);
