@@ -34,6 +34,7 @@ async fn run() -> anyhow::Result<()> {
     println!("customer-sync is running");
     println!("  API:        {base}/api/v1  (health: {base}/api/v1/health)");
     println!("  OpenAPI:    {base}/api/v1/openapi.json  (no token)");
+    println!("  Console:    {base}/console  (sign in with the token below)");
     println!("  Webhook:    {base}/api/v1/endpoint/stripe");
     println!("  ZeroMQ:     {}", stack.zmq_endpoint);
     println!("  Consumer:   topics {:?}", stack.providers);

@@ -17,7 +17,9 @@ use utoipa::openapi::{
 };
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{customers, health, invoices, jobs, sync, tasks, webhook};
+use crate::routes::{
+    customers, events, health, invoices, jobs, queue, sync, tasks, timeline, webhook,
+};
 
 /// The security scheme every route behind the token names.
 pub const BEARER: &str = "api_token";
@@ -46,9 +48,12 @@ pub const BEARER: &str = "api_token";
         customers::update,
         customers::delete,
         customers::link_stripe,
+        timeline::timeline,
         tasks::list,
         tasks::get,
         tasks::retry,
+        queue::status,
+        events::list,
         invoices::list,
         invoices::get,
         jobs::list,
@@ -67,7 +72,7 @@ pub const BEARER: &str = "api_token";
         (name = "invoices", description = "The invoice catalogue, filled by Stripe's webhooks"),
         (name = "jobs", description = "Imports and reconciles of a provider's account"),
         (name = "operations", description = "Health, sync status, metrics and this document"),
-        (name = "webhooks", description = "Deliveries from Stripe, authenticated by signature"),
+        (name = "webhooks", description = "Deliveries from Stripe, authenticated by signature, and the events received"),
     )
 )]
 pub struct ApiDoc;
@@ -419,11 +424,14 @@ mod tests {
             "/api/v1",
             &[
                 include_str!("routes/customers.rs"),
+                include_str!("routes/events.rs"),
                 include_str!("routes/health.rs"),
                 include_str!("routes/invoices.rs"),
                 include_str!("routes/jobs.rs"),
+                include_str!("routes/queue.rs"),
                 include_str!("routes/sync.rs"),
                 include_str!("routes/tasks.rs"),
+                include_str!("routes/timeline.rs"),
                 include_str!("routes/webhook.rs"),
                 include_str!("openapi.rs"),
             ],
@@ -445,11 +453,14 @@ mod tests {
             modules,
             BTreeSet::from([
                 "customers",
+                "events",
                 "health",
                 "invoices",
                 "jobs",
+                "queue",
                 "sync",
                 "tasks",
+                "timeline",
                 "webhook"
             ])
         );
@@ -468,7 +479,7 @@ mod tests {
                 assert!(ids.insert(id.clone()), "{id} is used twice");
             }
         }
-        assert_eq!(ids.len(), 22);
+        assert_eq!(ids.len(), 25);
     }
 
     #[test]

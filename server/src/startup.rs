@@ -150,6 +150,7 @@ impl Application {
                 .app_data(routes::query_config())
                 .app_data(web::PathConfig::default())
                 .configure(crate::metrics::configure)
+                .configure(crate::console::configure)
                 .configure(routes::configure)
                 .default_service(web::to(routes::no_route))
         })

@@ -43,7 +43,7 @@ fn snapshot(conn: &mut PgConnection) -> Vec<String> {
            remote_event_created, remote_event_id, remote_name, remote_email) AS line FROM provider_links",
         "SELECT concat_ws('|', 'task', provider, customer_id, operation, version, request_id) AS line FROM sync_tasks",
         "SELECT concat_ws('|', 'invoice', id, customer_id, stripe_customer_id) AS line FROM invoices",
-        "SELECT concat_ws('|', 'event', id, event_type, created, object_id, payload::text) AS line FROM webhook_events",
+        "SELECT concat_ws('|', 'event', id, event_type, created, object_id, outcome, payload::text) AS line FROM webhook_events",
     ];
     let mut lines: Vec<String> = queries
         .iter()
@@ -338,4 +338,76 @@ fn a_tie_settled_after_a_newer_event_leaves_the_newer_state() {
     assert_eq!(settled, Applied::Handled(Effect::Stale));
     assert_eq!(name_of(&mut conn, "tie"), "Newer");
     assert_eq!(events_named(&mut conn, "evt_t"), 1, "settled: recorded");
+}
+
+/// Our create's echo can race the consumer recording the same link: the echo looks the
+/// Stripe id up before the consumer's commit and tries to link it after. It must then find
+/// the link made and apply as the echo it is, not as a Stripe customer naming an unknown
+/// local id (which recorded nothing of it and logged a second customer that is not there).
+#[test]
+fn an_echo_that_races_the_consumer_recording_the_same_link_is_applied_as_the_echo() {
+    let db = TestDatabase::create();
+    let mut conn = db.connect();
+    conn.batch_execute(
+        "INSERT INTO customers (id, name, email, version) VALUES ('c-1', 'Ada', 'cus_new@example.com', 1); \
+         INSERT INTO provider_links (customer_id, provider, external_id, synced_version) \
+           VALUES ('c-1', 'stripe', NULL, 0)",
+    )
+    .unwrap();
+    // The consumer's commit, held open: the link is written but not visible yet.
+    let mut consumer = db.connect();
+    consumer
+        .batch_execute(
+            "BEGIN; UPDATE provider_links SET external_id = 'cus_new', synced_version = 1 \
+             WHERE customer_id = 'c-1'",
+        )
+        .unwrap();
+    let echo = event(
+        "evt_1",
+        "customer.created",
+        10,
+        customer("cus_new", "Ada", Some("c-1")),
+    );
+    let applier = std::thread::spawn(move || {
+        inbound::apply(&mut conn, &echo.0, &echo.1, &[Provider::Stripe]).unwrap()
+    });
+    // The echo has looked and now waits for the consumer's row.
+    let mut watcher = db.connect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        #[derive(QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let waiting: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result(&mut watcher)
+        .unwrap();
+        if waiting.n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the echo never waited for the link"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    consumer.batch_execute("COMMIT").unwrap();
+
+    let applied = applier.join().unwrap();
+    assert_eq!(applied, Applied::Handled(Effect::InSync));
+    #[derive(QueryableByName)]
+    struct Remembered {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        remote_event_created: Option<i64>,
+    }
+    let link: Remembered = diesel::sql_query(
+        "SELECT remote_event_created FROM provider_links WHERE customer_id = 'c-1'",
+    )
+    .get_result(&mut watcher)
+    .unwrap();
+    assert_eq!(link.remote_event_created, Some(10), "the echo was recorded");
 }

@@ -1,11 +1,14 @@
 //! One module per resource; handlers parse, call the domain and map the result.
 
 pub mod customers;
+pub mod events;
 pub mod health;
 pub mod invoices;
 pub mod jobs;
+pub mod queue;
 pub mod sync;
 pub mod tasks;
+pub mod timeline;
 pub mod webhook;
 
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
@@ -31,7 +34,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .wrap(middleware::from_fn(crate::idempotency::once_per_key))
                     .wrap(middleware::from_fn(require_token))
                     .configure(customers::configure)
+                    .configure(timeline::configure)
                     .configure(tasks::configure)
+                    .configure(queue::configure)
+                    .configure(events::configure)
                     .configure(invoices::configure)
                     .configure(jobs::configure)
                     .configure(sync::configure),

@@ -3,8 +3,10 @@
 
 mod cli;
 mod connections;
+mod console;
 mod customers;
 mod errors;
+mod events;
 mod helpers;
 mod hostile;
 mod idempotency;

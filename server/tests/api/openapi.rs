@@ -60,7 +60,7 @@ async fn the_document_is_openapi_3_1_with_every_operation_described() {
     let doc = document(&app).await;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 18, "every path of the README's table");
+    assert_eq!(paths.len(), 21, "every path of the README's table");
     let mut operations = 0;
     for (path, item) in paths {
         for method in METHODS {
@@ -84,7 +84,7 @@ async fn the_document_is_openapi_3_1_with_every_operation_described() {
             }
         }
     }
-    assert_eq!(operations, 22);
+    assert_eq!(operations, 25);
     let error = &doc["components"]["schemas"]["ErrorDetail"];
     assert_eq!(error["required"], serde_json::json!(["code", "message"]));
     assert!(error["properties"].get("field").is_some());

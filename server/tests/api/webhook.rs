@@ -9,7 +9,7 @@ use crate::helpers::{error_of, salesforce, spawn_app_with, TestApp};
 const SECRET: &str = "whsec_test_0123456789";
 const OLD_SECRET: &str = "whsec_old_9876543210";
 
-async fn app() -> TestApp {
+pub(crate) async fn app() -> TestApp {
     spawn_app_with(|s| s.webhook_secrets = vec![SECRET.to_owned().into()]).await
 }
 
@@ -21,7 +21,7 @@ async fn app_with_salesforce() -> TestApp {
     .await
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -42,14 +42,20 @@ async fn deliver(app: &TestApp, event: &Value) -> reqwest::Response {
     deliver_raw(app, &body, Some(&sign(SECRET, now(), &body))).await
 }
 
-async fn deliver_ok(app: &TestApp, event: &Value) -> String {
+pub(crate) async fn deliver_ok(app: &TestApp, event: &Value) -> String {
     let response = deliver(app, event).await;
     assert_eq!(response.status(), 200, "{event}");
     let body: Value = response.json().await.unwrap();
     body["outcome"].as_str().unwrap().to_owned()
 }
 
-fn event(id: &str, kind: &str, created: i64, object: Value, previous: Option<Value>) -> Value {
+pub(crate) fn event(
+    id: &str,
+    kind: &str,
+    created: i64,
+    object: Value,
+    previous: Option<Value>,
+) -> Value {
     let mut data = json!({"object": object});
     if let Some(previous) = previous {
         data["previous_attributes"] = previous;
@@ -61,7 +67,7 @@ fn event(id: &str, kind: &str, created: i64, object: Value, previous: Option<Val
     })
 }
 
-fn customer(id: &str, name: &str, email: &str, local: Option<&str>) -> Value {
+pub(crate) fn customer(id: &str, name: &str, email: &str, local: Option<&str>) -> Value {
     let metadata = match local {
         Some(l) => json!({"customer_sync_id": l}),
         None => json!({}),
@@ -69,7 +75,7 @@ fn customer(id: &str, name: &str, email: &str, local: Option<&str>) -> Value {
     json!({"id": id, "object": "customer", "name": name, "email": email, "metadata": metadata, "created": 1_700_000_000})
 }
 
-fn invoice(id: &str, customer: &str, status: &str, paid: i64) -> Value {
+pub(crate) fn invoice(id: &str, customer: &str, status: &str, paid: i64) -> Value {
     json!({
         "id": id, "object": "invoice", "customer": customer, "number": "INV-1", "status": status,
         "currency": "eur", "amount_due": 1000, "amount_paid": paid, "amount_remaining": 1000 - paid,

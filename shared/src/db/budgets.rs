@@ -104,15 +104,42 @@ pub fn reservations(conn: &mut PgConnection) -> QueryResult<i64> {
     Ok(total.n)
 }
 
-/// Pauses the budget for every process until `for_` from now (a later pause stays).
+/// Pauses the budget for every process until `for_` from now (a later pause stays), and
+/// counts the 429 that asked for it.
 pub fn pause(conn: &mut PgConnection, account: &str, for_: Duration) -> QueryResult<()> {
     diesel::sql_query(
         "UPDATE provider_budgets \
-            SET paused_until = GREATEST(paused_until, clock_timestamp() + make_interval(secs => $2)) \
+            SET paused_until = GREATEST(paused_until, clock_timestamp() + make_interval(secs => $2)), \
+                rate_limited_total = rate_limited_total + 1, \
+                last_rate_limited_at = clock_timestamp() \
           WHERE account = $1",
     )
     .bind::<Text, _>(account)
     .bind::<Double, _>(for_.as_secs_f64())
     .execute(conn)
     .map(drop)
+}
+
+/// One account's 429s: how many, the last, and how long every consumer still waits.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct RateLimits {
+    #[diesel(sql_type = Text)]
+    pub account: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub rate_limited_total: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    pub last_rate_limited_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `None` when the budget is not paused now.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    pub paused_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every account's 429s, by account.
+pub fn rate_limits(conn: &mut PgConnection) -> QueryResult<Vec<RateLimits>> {
+    diesel::sql_query(
+        "SELECT account, rate_limited_total, last_rate_limited_at, \
+           CASE WHEN paused_until > clock_timestamp() THEN paused_until END AS paused_until \
+         FROM provider_budgets ORDER BY account",
+    )
+    .load(conn)
 }

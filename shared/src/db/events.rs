@@ -90,3 +90,123 @@ pub fn forget(conn: &mut PgConnection, ids: &[&str]) -> QueryResult<usize> {
         .bind::<Array<Text>, _>(ids)
         .execute(conn)
 }
+
+/// Records what applying each event did (event id, outcome code), in one statement.
+pub fn record_outcomes(conn: &mut PgConnection, outcomes: &[(&str, &str)]) -> QueryResult<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    statement(
+        "UPDATE webhook_events e SET outcome = o.outcome \
+         FROM unnest($1::text[], $2::text[]) AS o(id, outcome) WHERE e.id = o.id",
+    )
+    .bind::<Array<Text>, _>(outcomes.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(outcomes.iter().map(|(_, o)| *o).collect::<Vec<_>>())
+    .execute(conn)
+    .map(drop)
+}
+
+/// An event row without its payload, as the event listing and a customer's timeline show
+/// it, with the local customer it concerns when we know one.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct EventSummary {
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    /// Stripe's `created` (Unix seconds).
+    #[diesel(sql_type = BigInt)]
+    pub created: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub object_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub source: String,
+    /// `None` for rows stored before outcomes were recorded.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub outcome: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub customer_id: Option<String>,
+}
+
+/// Which events a listing shows: newest first, from after the event `after`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub outcome: Option<String>,
+    /// The last event of the previous page; `None` for the first page.
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// What a listing found: a page, or no event with the id given as `after`.
+#[derive(Debug)]
+pub enum EventPage {
+    Page(Vec<EventSummary>),
+    UnknownAfter,
+}
+
+/// The summary's columns, with the local customer: the customer's own link for a customer
+/// event, the invoice's customer for an invoice event.
+const SUMMARY: &str = "SELECT e.id, e.event_type, e.created, e.object_id, e.source, e.outcome, \
+       e.received_at, coalesce(l.customer_id, i.customer_id) AS customer_id \
+     FROM webhook_events e \
+     LEFT JOIN provider_links l ON l.provider = 'stripe' AND l.external_id = e.object_id \
+       AND e.event_type LIKE 'customer.%' \
+     LEFT JOIN invoices i ON i.id = e.object_id AND e.event_type LIKE 'invoice.%' ";
+
+/// A page of events, newest first. The walk follows `webhook_events_received_all_idx`
+/// backwards from the cursor, so a page costs its rows (and the rows a filter skips).
+pub fn list(conn: &mut PgConnection, filter: &EventFilter) -> QueryResult<EventPage> {
+    use super::schema::webhook_events;
+    let from = match &filter.after {
+        None => None,
+        Some(after) => {
+            let at: Option<chrono::DateTime<chrono::Utc>> = webhook_events::table
+                .find(after)
+                .select(webhook_events::received_at)
+                .first(conn)
+                .optional()?;
+            match at {
+                Some(at) => Some((at, after.clone())),
+                None => return Ok(EventPage::UnknownAfter),
+            }
+        }
+    };
+    let sql = format!(
+        "{SUMMARY} WHERE ($1::text IS NULL OR e.event_type = $1) \
+           AND ($2::text IS NULL OR e.outcome = $2) \
+           AND ($3::timestamptz IS NULL OR (e.received_at, e.id) < ($3, $4)) \
+         ORDER BY e.received_at DESC, e.id DESC LIMIT $5"
+    );
+    diesel::sql_query(sql)
+        .bind::<Nullable<Text>, _>(filter.event_type.as_deref())
+        .bind::<Nullable<Text>, _>(filter.outcome.as_deref())
+        .bind::<Nullable<diesel::sql_types::Timestamptz>, _>(from.as_ref().map(|(at, _)| *at))
+        .bind::<Text, _>(from.as_ref().map_or("", |(_, id)| id.as_str()))
+        .bind::<BigInt, _>(filter.limit)
+        .load(conn)
+        .map(EventPage::Page)
+}
+
+/// The events about a customer's Stripe customer and its invoices, oldest first, at most
+/// `limit` (the newest ones when there are more).
+pub fn about_customer(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    limit: i64,
+) -> QueryResult<Vec<EventSummary>> {
+    let sql = format!(
+        "SELECT * FROM ({SUMMARY} WHERE e.object_id IN ( \
+             SELECT external_id FROM provider_links \
+              WHERE customer_id = $1 AND provider = 'stripe' AND external_id IS NOT NULL \
+             UNION ALL SELECT id FROM invoices WHERE customer_id = $1) \
+           ORDER BY e.received_at DESC, e.id DESC LIMIT $2) newest \
+         ORDER BY received_at, id"
+    );
+    diesel::sql_query(sql)
+        .bind::<Text, _>(customer_id)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+}

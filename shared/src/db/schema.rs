@@ -63,6 +63,7 @@ diesel::table! {
         payload -> Jsonb,
         received_at -> Timestamptz,
         source -> Text,
+        outcome -> Nullable<Text>,
     }
 }
 

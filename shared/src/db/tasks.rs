@@ -372,3 +372,19 @@ pub fn next_due(
         .seconds
         .map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
 }
+
+/// A customer's newest `limit` tasks, in acceptance order (its timeline).
+pub fn newest_of_customer(
+    conn: &mut PgConnection,
+    customer: &CustomerId,
+    limit: i64,
+) -> QueryResult<Vec<TaskRow>> {
+    let mut newest: Vec<TaskRow> = sync_tasks::table
+        .select(TaskRow::as_select())
+        .filter(sync_tasks::customer_id.eq(customer.clone()))
+        .order(sync_tasks::seq.desc())
+        .limit(limit)
+        .load(conn)?;
+    newest.reverse();
+    Ok(newest)
+}

@@ -112,6 +112,15 @@ pub fn apply_deliveries(
         if !ties.is_empty() {
             event_rows::forget(conn, &ties)?;
         }
+        let outcomes: Vec<(&str, &str)> = events
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| **answer != Some(Applied::Handled(Effect::Tie)))
+            .filter_map(|((event, _), answer)| {
+                Some((event.id.as_str(), answer.and_then(Applied::code)?))
+            })
+            .collect();
+        event_rows::record_outcomes(conn, &outcomes)?;
         Ok(answers
             .into_iter()
             .map(|answer| answer.expect("every event is answered"))
@@ -173,10 +182,13 @@ pub fn settle_tie(
         let newer = linked_many(conn, &[&id])?
             .remove(&id)
             .is_some_and(|(_, link)| link.remote_event_created > Some(tie.created));
-        if newer {
-            return Ok(Applied::Handled(Effect::Stale));
-        }
-        apply_current(conn, &event, &others).map(Applied::Handled)
+        let effect = if newer {
+            Effect::Stale
+        } else {
+            apply_current(conn, &event, &others)?
+        };
+        event_rows::record_outcomes(conn, &[(tie.id.as_str(), effect.code())])?;
+        Ok(Applied::Handled(effect))
     })
 }
 
@@ -504,6 +516,10 @@ fn find_or_link(
     }
     // Our own create's echo, possibly before the consumer recorded the link.
     if !links::link_stripe_echo(conn, &local, &remote.id)? {
+        // The consumer may have recorded this very link since we looked: then it is ours.
+        if let Some(linked) = linked_many(conn, &[&remote.id])?.remove(&remote.id) {
+            return Ok(Some(linked));
+        }
         tracing::warn!(
             customer_id = %local,
             stripe_id = %remote.id,

@@ -85,6 +85,57 @@ impl Effect {
     }
 }
 
+impl Effect {
+    /// The outcome stored with the event row, as `GET /api/v1/events` lists and filters it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Effect::Stale => "stale",
+            Effect::Tie => "tie",
+            Effect::DeletedLocally => "deleted_locally",
+            Effect::InSync => "in_sync",
+            Effect::OlderThanLocal => "older_than_local",
+            Effect::Applied => "applied",
+            Effect::Imported => "imported",
+            Effect::IdTaken => "id_taken",
+            Effect::UnusableId => "unusable_id",
+            Effect::UnknownLocalId => "unknown_local_id",
+            Effect::UnknownCustomer => "unknown_customer",
+            Effect::AlreadyDeleted => "already_deleted",
+            Effect::Deleted => "deleted",
+            Effect::InvoiceStored => "invoice_stored",
+        }
+    }
+}
+
+impl Applied {
+    /// The outcome stored with the event row; `None` for a duplicate, which stores nothing.
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            Applied::Duplicate => None,
+            Applied::Unhandled => Some("unhandled"),
+            Applied::Handled(effect) => Some(effect.code()),
+        }
+    }
+}
+
+/// Every outcome an event row can hold (the `outcome` filter of `GET /api/v1/events`).
+pub const OUTCOMES: &[&str] = &[
+    "applied",
+    "imported",
+    "deleted",
+    "invoice_stored",
+    "in_sync",
+    "older_than_local",
+    "stale",
+    "deleted_locally",
+    "already_deleted",
+    "id_taken",
+    "unusable_id",
+    "unknown_local_id",
+    "unknown_customer",
+    "unhandled",
+];
+
 impl From<rules::Verdict> for Effect {
     fn from(verdict: rules::Verdict) -> Self {
         use rules::Verdict;
