@@ -34,7 +34,9 @@ async function api(method, path, body) {
   } catch (_) {
     parsed = null;
   }
-  if (response.status === 401 && path !== "/queue") {
+  if (response.status === 401) {
+    // The token was revoked or rotated: back to the sign-in form (which, while signing
+    // in, says the token was refused).
     signOut("The server refused the token; sign in again.");
   }
   if (!response.ok) {

@@ -1,10 +1,11 @@
 //! The operator console in a real browser: headless Chromium (Debian's `chromium`) driven
 //! by Playwright (PyPI, pinned) through `server/tests/console/drive.py`, against the
 //! server with Stripe in the sandbox, its webhooks and a consumer. The script signs in
-//! (a wrong token first), watches a dead task appear when Stripe refuses a create, retries
-//! it from the page, follows the customer's timeline from its create through the Stripe
-//! call to the webhook echo, filters the events, starts a reconcile and reads its report,
-//! and checks every page at a phone's width. It writes the README's screenshots to
+//! (a wrong token first), watches dead tasks appear when Stripe refuses creates, retries
+//! one from the page and the others with "Retry all shown", follows a customer's timeline
+//! from its create through the Stripe call to the webhook echo, filters the events, starts
+//! a reconcile and reads its report, and checks every page at a phone's width, for labels,
+//! for contrast and for browser errors. It writes the README's screenshots to
 //! `docs/console/`.
 
 use std::path::{Path, PathBuf};
@@ -35,10 +36,11 @@ async fn an_operator_signs_in_retries_a_dead_task_follows_a_timeline_and_reads_a
     .unwrap();
     let stack = spawn_loop(SandboxConfig::default(), true).await;
     let consumer = stack.consumer().await;
-    // Stripe refuses the next call, whatever it is: the create the script makes dies.
+    // Stripe refuses the next three calls, whatever they are: each of the three creates
+    // the script makes dies at its first call.
     stack
         .sandbox
-        .fail_next(400, "parameter_invalid_empty", "refused by the test", 1);
+        .fail_next(400, "parameter_invalid_empty", "refused by the test", 3);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console");
     std::fs::create_dir_all(&shots).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/drive.py");

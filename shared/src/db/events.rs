@@ -147,14 +147,19 @@ pub enum EventPage {
     UnknownAfter,
 }
 
-/// The summary's columns, with the local customer: the customer's own link for a customer
-/// event, the invoice's customer for an invoice event.
-const SUMMARY: &str = "SELECT e.id, e.event_type, e.created, e.object_id, e.source, e.outcome, \
-       e.received_at, coalesce(l.customer_id, i.customer_id) AS customer_id \
-     FROM webhook_events e \
-     LEFT JOIN provider_links l ON l.provider = 'stripe' AND l.external_id = e.object_id \
-       AND e.event_type LIKE 'customer.%' \
-     LEFT JOIN invoices i ON i.id = e.object_id AND e.event_type LIKE 'invoice.%' ";
+/// The summary's columns from `source` (the events table, or a subset of its columns),
+/// with the local customer: the customer's own link for a customer event, the invoice's
+/// customer for an invoice event.
+fn summary(source: &str) -> String {
+    format!(
+        "SELECT e.id, e.event_type, e.created, e.object_id, e.source, e.outcome, \
+           e.received_at, coalesce(l.customer_id, i.customer_id) AS customer_id \
+         FROM {source} e \
+         LEFT JOIN provider_links l ON l.provider = 'stripe' AND l.external_id = e.object_id \
+           AND e.event_type LIKE 'customer.%' \
+         LEFT JOIN invoices i ON i.id = e.object_id AND e.event_type LIKE 'invoice.%' "
+    )
+}
 
 /// A page of events, newest first. The walk follows `webhook_events_received_all_idx`
 /// backwards from the cursor, so a page costs its rows (and the rows a filter skips).
@@ -175,10 +180,11 @@ pub fn list(conn: &mut PgConnection, filter: &EventFilter) -> QueryResult<EventP
         }
     };
     let sql = format!(
-        "{SUMMARY} WHERE ($1::text IS NULL OR e.event_type = $1) \
+        "{} WHERE ($1::text IS NULL OR e.event_type = $1) \
            AND ($2::text IS NULL OR e.outcome = $2) \
            AND ($3::timestamptz IS NULL OR (e.received_at, e.id) < ($3, $4)) \
-         ORDER BY e.received_at DESC, e.id DESC LIMIT $5"
+         ORDER BY e.received_at DESC, e.id DESC LIMIT $5",
+        summary("webhook_events")
     );
     diesel::sql_query(sql)
         .bind::<Nullable<Text>, _>(filter.event_type.as_deref())
@@ -191,19 +197,24 @@ pub fn list(conn: &mut PgConnection, filter: &EventFilter) -> QueryResult<EventP
 }
 
 /// The events about a customer's Stripe customer and its invoices, oldest first, at most
-/// `limit` (the newest ones when there are more).
+/// `limit` (the newest ones when there are more). The customer's events are found first,
+/// through `webhook_events_object_idx`, and only then sorted: asked for the newest rows
+/// directly, the planner may walk every event by time looking for the customer's few.
 pub fn about_customer(
     conn: &mut PgConnection,
     customer_id: &str,
     limit: i64,
 ) -> QueryResult<Vec<EventSummary>> {
     let sql = format!(
-        "SELECT * FROM ({SUMMARY} WHERE e.object_id IN ( \
-             SELECT external_id FROM provider_links \
-              WHERE customer_id = $1 AND provider = 'stripe' AND external_id IS NOT NULL \
-             UNION ALL SELECT id FROM invoices WHERE customer_id = $1) \
-           ORDER BY e.received_at DESC, e.id DESC LIMIT $2) newest \
-         ORDER BY received_at, id"
+        "WITH mine AS MATERIALIZED ( \
+           SELECT id, event_type, created, object_id, source, outcome, received_at \
+             FROM webhook_events WHERE object_id = ANY(ARRAY( \
+               SELECT external_id FROM provider_links \
+                WHERE customer_id = $1 AND provider = 'stripe' AND external_id IS NOT NULL \
+               UNION ALL SELECT id FROM invoices WHERE customer_id = $1))) \
+         SELECT * FROM ({} ORDER BY e.received_at DESC, e.id DESC LIMIT $2) newest \
+         ORDER BY received_at, id",
+        summary("mine")
     );
     diesel::sql_query(sql)
         .bind::<Text, _>(customer_id)
