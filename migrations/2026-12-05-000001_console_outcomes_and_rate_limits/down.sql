@@ -1,4 +1,4 @@
 ALTER TABLE provider_budgets
     DROP COLUMN last_rate_limited_at,
     DROP COLUMN rate_limited_total;
-ALTER TABLE webhook_events DROP COLUMN outcome;
+DROP TABLE webhook_event_outcomes;

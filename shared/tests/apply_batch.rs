@@ -43,7 +43,8 @@ fn snapshot(conn: &mut PgConnection) -> Vec<String> {
            remote_event_created, remote_event_id, remote_name, remote_email) AS line FROM provider_links",
         "SELECT concat_ws('|', 'task', provider, customer_id, operation, version, request_id) AS line FROM sync_tasks",
         "SELECT concat_ws('|', 'invoice', id, customer_id, stripe_customer_id) AS line FROM invoices",
-        "SELECT concat_ws('|', 'event', id, event_type, created, object_id, outcome, payload::text) AS line FROM webhook_events",
+        "SELECT concat_ws('|', 'event', id, event_type, created, object_id, payload::text) AS line FROM webhook_events",
+        "SELECT concat_ws('|', 'outcome', id, outcome) AS line FROM webhook_event_outcomes",
     ];
     let mut lines: Vec<String> = queries
         .iter()

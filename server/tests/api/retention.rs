@@ -66,14 +66,16 @@ fn old_tasks(customer: &str, n: u32) -> String {
     )
 }
 
-/// An event about `object` created (by Stripe's clock) and received `days` ago.
+/// An event about `object` created (by Stripe's clock) and received `days` ago, with
+/// its outcome.
 fn event(id: &str, object: Option<&str>, days: u32, second: i64) -> String {
     let object = object.map_or("NULL".to_owned(), |o| format!("'{o}'"));
     format!(
         "INSERT INTO webhook_events (id, event_type, created, object_id, payload, received_at) \
          VALUES ('{id}', 'customer.updated', \
            extract(epoch FROM now() - interval '{days} days')::bigint + {second}, {object}, \
-           '{{}}', now() - interval '{days} days');"
+           '{{}}', now() - interval '{days} days'); \
+         INSERT INTO webhook_event_outcomes (id, outcome) VALUES ('{id}', 'applied');"
     )
 }
 
@@ -111,6 +113,11 @@ async fn a_pass_removes_old_succeeded_tasks_and_events_and_keeps_what_is_still_n
     );
     assert_eq!(
         ids(&mut conn, "webhook_events"),
+        ["evt_a3", "evt_b1", "evt_c1", "evt_c2", "evt_t2"]
+    );
+    // An event's outcome goes with it.
+    assert_eq!(
+        ids(&mut conn, "webhook_event_outcomes"),
         ["evt_a3", "evt_b1", "evt_c1", "evt_c2", "evt_t2"]
     );
     // A second pass finds nothing more.

@@ -96,14 +96,11 @@ pub fn record_outcomes(conn: &mut PgConnection, outcomes: &[(&str, &str)]) -> Qu
     if outcomes.is_empty() {
         return Ok(());
     }
-    statement(
-        "UPDATE webhook_events e SET outcome = o.outcome \
-         FROM unnest($1::text[], $2::text[]) AS o(id, outcome) WHERE e.id = o.id",
-    )
-    .bind::<Array<Text>, _>(outcomes.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(outcomes.iter().map(|(_, o)| *o).collect::<Vec<_>>())
-    .execute(conn)
-    .map(drop)
+    statement("INSERT INTO webhook_event_outcomes (id, outcome) SELECT * FROM unnest($1::text[], $2::text[])")
+        .bind::<Array<Text>, _>(outcomes.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(outcomes.iter().map(|(_, o)| *o).collect::<Vec<_>>())
+        .execute(conn)
+        .map(drop)
 }
 
 /// An event row without its payload, as the event listing and a customer's timeline show
@@ -152,9 +149,10 @@ pub enum EventPage {
 /// customer for an invoice event.
 fn summary(source: &str) -> String {
     format!(
-        "SELECT e.id, e.event_type, e.created, e.object_id, e.source, e.outcome, \
+        "SELECT e.id, e.event_type, e.created, e.object_id, e.source, o.outcome, \
            e.received_at, coalesce(l.customer_id, i.customer_id) AS customer_id \
          FROM {source} e \
+         LEFT JOIN webhook_event_outcomes o ON o.id = e.id \
          LEFT JOIN provider_links l ON l.provider = 'stripe' AND l.external_id = e.object_id \
            AND e.event_type LIKE 'customer.%' \
          LEFT JOIN invoices i ON i.id = e.object_id AND e.event_type LIKE 'invoice.%' "
@@ -181,7 +179,7 @@ pub fn list(conn: &mut PgConnection, filter: &EventFilter) -> QueryResult<EventP
     };
     let sql = format!(
         "{} WHERE ($1::text IS NULL OR e.event_type = $1) \
-           AND ($2::text IS NULL OR e.outcome = $2) \
+           AND ($2::text IS NULL OR o.outcome = $2) \
            AND ($3::timestamptz IS NULL OR (e.received_at, e.id) < ($3, $4)) \
          ORDER BY e.received_at DESC, e.id DESC LIMIT $5",
         summary("webhook_events")
@@ -207,7 +205,7 @@ pub fn about_customer(
 ) -> QueryResult<Vec<EventSummary>> {
     let sql = format!(
         "WITH mine AS MATERIALIZED ( \
-           SELECT id, event_type, created, object_id, source, outcome, received_at \
+           SELECT id, event_type, created, object_id, source, received_at \
              FROM webhook_events WHERE object_id = ANY(ARRAY( \
                SELECT external_id FROM provider_links \
                 WHERE customer_id = $1 AND provider = 'stripe' AND external_id IS NOT NULL \

@@ -119,6 +119,7 @@ pub fn prune_events(
                    WHERE n.object_id = b.object_id \
                      AND (n.created > b.created OR (n.created = b.created AND n.id > b.id)))) \
            RETURNING e.id), \
+         outcomes AS (DELETE FROM webhook_event_outcomes o USING gone g WHERE o.id = g.id), \
          last AS (SELECT received_at, id FROM batch ORDER BY received_at DESC, id DESC LIMIT 1) \
          SELECT (SELECT count(*) FROM gone) AS removed, \
                 (SELECT received_at FROM last) AS last_at, (SELECT id FROM last) AS last_id",

@@ -63,7 +63,6 @@ diesel::table! {
         payload -> Jsonb,
         received_at -> Timestamptz,
         source -> Text,
-        outcome -> Nullable<Text>,
     }
 }
 
