@@ -278,13 +278,69 @@ async fn each_task_batch_starts_where_the_last_ended_not_over_the_rows_it_delete
     let mut from = None;
     for batch in 0..4 {
         let read_before = index_stat(&mut conn, index, "idx_tup_read");
+        let key_before = index_stat(&mut conn, "sync_tasks_pkey", "idx_tup_read");
         let (removed, last) =
             shared::db::retention::prune_tasks(&mut conn, before, from, 500).unwrap();
         let read = index_stat(&mut conn, index, "idx_tup_read") - read_before;
+        let key_read = index_stat(&mut conn, "sync_tasks_pkey", "idx_tup_read") - key_before;
         assert_eq!(removed, 500, "batch {batch}");
         // Its own 500 entries (and the one it started from), not the ones deleted before.
         assert!(read <= 510, "batch {batch} read {read} index entries");
+        // Deleted where the batch found and locked them, not looked up again by id.
+        assert_eq!(key_read, 0, "batch {batch} read the primary key");
         from = last;
     }
     assert_eq!(app.count("sync_tasks"), 0);
+}
+
+#[tokio::test]
+async fn an_events_batch_asks_for_a_newer_event_from_the_events_own_time_not_over_all_its_objects()
+{
+    // Whether an event is its object's latest was asked of every event of the object:
+    // each probe read all of them (and the ones this pass had deleted, still in the
+    // index), each a heap fetch on a page of its own, so an object's k events cost k² and
+    // the pass's random reads grew with the history. From the event's own `created` on,
+    // a probe reads the event and the next one.
+    let app = spawn_app().await;
+    let mut conn = app.conn();
+    let events = 300;
+    conn.batch_execute(&format!(
+        "ALTER TABLE webhook_events SET (autovacuum_enabled = false); \
+         INSERT INTO webhook_events (id, event_type, created, object_id, payload, received_at) \
+         SELECT 'evt_' || lpad(g::text, 4, '0'), 'customer.updated', \
+           extract(epoch FROM now() - interval '90 days')::bigint + g, 'cus_x', '{{}}', \
+           now() - interval '90 days' + g * interval '1 second' \
+         FROM generate_series(1, {events}) g; \
+         ANALYZE webhook_events; \
+         SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_hashjoin = off; \
+         SET enable_mergejoin = off"
+    ))
+    .unwrap();
+    let before = chrono::Utc::now() - chrono::Duration::days(30);
+    let index = "webhook_events_object_idx";
+    let read_before = index_stat(&mut conn, index, "idx_tup_read");
+    let key_before = index_stat(&mut conn, "webhook_events_pkey", "idx_tup_read");
+    let mut walk = None;
+    let mut removed = 0;
+    loop {
+        let (gone, next) =
+            shared::db::retention::prune_events(&mut conn, before, walk.as_ref(), 100).unwrap();
+        removed += gone;
+        let Some(next) = next else { break };
+        walk = Some(next);
+    }
+    let read = index_stat(&mut conn, index, "idx_tup_read") - read_before;
+    let key_read = index_stat(&mut conn, "webhook_events_pkey", "idx_tup_read") - key_before;
+    assert_eq!(removed, events - 1, "all but the object's latest");
+    assert_eq!(
+        ids(&mut conn, "webhook_events"),
+        vec!["evt_0300".to_owned()]
+    );
+    // Two entries per probe (the event and the next one); all 300 per probe before.
+    assert!(
+        read <= 3 * events as i64,
+        "the probes of {events} events read {read} index entries"
+    );
+    // Deleted where the batch found them, not looked up again by id.
+    assert_eq!(key_read, 0, "primary key entries read");
 }

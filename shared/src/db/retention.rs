@@ -61,15 +61,17 @@ pub fn prune_tasks(
         last: Option<DateTime<Utc>>,
     }
     let step: Step = statement(
-        // A CTE, run once (a `WHERE id IN (... LIMIT)` may be rescanned per row).
+        // A CTE, run once (a `WHERE id IN (... LIMIT)` may be rescanned per row). Rows
+        // are deleted by their place in the heap: the lock the batch holds on each keeps it
+        // there, and it saves a walk down the primary key per row.
         "WITH batch AS MATERIALIZED ( \
-           SELECT id, completed_at FROM sync_tasks \
+           SELECT ctid AS tid, completed_at FROM sync_tasks \
            WHERE status = 'succeeded' AND completed_at < $1 AND completed_at >= $2 \
              AND completed_at < COALESCE((SELECT min(created_at) FROM sync_jobs \
                                           WHERE status IN ('queued', 'running')), 'infinity') \
            ORDER BY completed_at LIMIT $3 \
            FOR UPDATE SKIP LOCKED), \
-         gone AS (DELETE FROM sync_tasks t USING batch WHERE t.id = batch.id \
+         gone AS (DELETE FROM sync_tasks t USING batch WHERE t.ctid = batch.tid \
                   RETURNING batch.completed_at) \
          SELECT count(*) AS removed, max(completed_at) AS last FROM gone",
     )
@@ -91,6 +93,14 @@ pub struct EventsWalk {
 /// order), and removes those created before it too that are not their object's latest.
 /// How many it removed, and where it got to (`None`: nothing was left to look at). Kept
 /// events are walked past once, not looked at again by every batch.
+///
+/// Whether a newer event of the same object exists is asked of `webhook_events_object_idx`
+/// from the event's own `created` on (`n.created >= b.created` is what makes it a bound
+/// of the index scan), so the probe reads the event and the next one: not all of the
+/// object's events, each a heap fetch on a page of its own, and not the older ones this
+/// pass already deleted, which stay in the index until a vacuum. An event is deleted by
+/// its place in the heap (events are never updated, so it is where the batch found it),
+/// not looked up again through the primary key.
 pub fn prune_events(
     conn: &mut PgConnection,
     before: DateTime<Utc>,
@@ -108,16 +118,16 @@ pub fn prune_events(
     }
     let step: Step = statement(
         "WITH batch AS ( \
-           SELECT id, received_at, created, object_id FROM webhook_events \
+           SELECT ctid AS tid, id, received_at, created, object_id FROM webhook_events \
            WHERE received_at < $1 AND (received_at, id) > ($2, $3) \
            ORDER BY received_at, id LIMIT $4), \
          gone AS ( \
            DELETE FROM webhook_events e USING batch b \
-           WHERE e.id = b.id AND b.created < extract(epoch FROM $1)::bigint \
+           WHERE e.ctid = b.tid AND b.created < extract(epoch FROM $1)::bigint \
              AND (b.object_id IS NULL OR EXISTS ( \
                    SELECT 1 FROM webhook_events n \
-                   WHERE n.object_id = b.object_id \
-                     AND (n.created > b.created OR (n.created = b.created AND n.id > b.id)))) \
+                   WHERE n.object_id = b.object_id AND n.created >= b.created \
+                     AND (n.created > b.created OR n.id > b.id))) \
            RETURNING e.id), \
          outcomes AS (DELETE FROM webhook_event_outcomes o USING gone g WHERE o.id = g.id), \
          last AS (SELECT received_at, id FROM batch ORDER BY received_at DESC, id DESC LIMIT 1) \
