@@ -66,3 +66,41 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
+
+/// CPU time the hypervisor gave to other guests ("steal" in `/proc/stat`) since a moment,
+/// as a share of all CPU time: on a shared virtual machine, what makes one window slower
+/// than the next with no change of ours. Zero where `/proc/stat` is not there.
+pub struct Steal {
+    steal: u64,
+    total: u64,
+}
+
+impl Steal {
+    pub fn now() -> Self {
+        let line = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // cpu  user nice system idle iowait irq softirq steal guest guest_nice
+        let fields: Vec<u64> = line
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        Self {
+            steal: fields.get(7).copied().unwrap_or(0),
+            total: fields.iter().sum(),
+        }
+    }
+
+    /// Percent of the CPU time since `self` that was stolen (NaN when none passed).
+    pub fn percent_since(&self) -> f64 {
+        let now = Self::now();
+        let total = now.total.saturating_sub(self.total);
+        if total == 0 {
+            return f64::NAN;
+        }
+        100.0 * now.steal.saturating_sub(self.steal) as f64 / total as f64
+    }
+}

@@ -42,6 +42,10 @@ pub struct Retention {
     pub rest: Duration,
     /// A batch that took `t` is followed by a rest of at least `t` times this.
     pub rest_per_busy: u32,
+    /// While this reads `true`, the pass waits before its next batch (`loadgen history`
+    /// holds it to measure the same load with and without a pass in alternation). `None`
+    /// in production.
+    pub hold: Option<watch::Receiver<bool>>,
 }
 
 impl Retention {
@@ -52,6 +56,7 @@ impl Retention {
             batch: BATCH,
             rest: REST,
             rest_per_busy: REST_PER_BUSY,
+            hold: None,
         }
     }
 
@@ -113,8 +118,10 @@ impl Retention {
         let stopping = |shutdown: &mut Option<&mut watch::Receiver<bool>>| {
             shutdown.as_deref().is_some_and(|s| *s.borrow())
         };
+        let mut hold = self.hold.clone();
         let mut from = None;
         loop {
+            released(&mut hold).await;
             let batch = Instant::now();
             let size = self.batch;
             let (removed, last) = blocking(conn, move |c| {
@@ -132,6 +139,7 @@ impl Retention {
         }
         let mut walk: Option<EventsWalk> = None;
         while !stopping(&mut shutdown) {
+            released(&mut hold).await;
             let from = walk.clone();
             let batch = Instant::now();
             let size = self.batch;
@@ -180,6 +188,14 @@ impl Retention {
     }
 }
 
+/// Returns when nothing holds the pass (at once without a hold, or once its sender is gone).
+async fn released(hold: &mut Option<watch::Receiver<bool>>) {
+    if let Some(hold) = hold {
+        // An error means the sender is gone: nobody can hold the pass any more.
+        let _ = hold.wait_for(|held| !*held).await;
+    }
+}
+
 fn removed_rows(table: &'static str, rows: usize) {
     metrics::counter!(shared::metrics::RETENTION_REMOVED, "table" => table).increment(rows as u64);
 }
@@ -201,4 +217,42 @@ where
     .map_err(|e| DbError::Unexpected(anyhow::anyhow!("retention task failed: {e}")))?;
     *conn = Some(c);
     result.map_err(DbError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+
+    use super::*;
+
+    fn ready<F: Future>(future: std::pin::Pin<&mut F>) -> bool {
+        future
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    #[test]
+    fn a_held_pass_waits_until_released_and_an_unheld_one_does_not() {
+        assert!(ready(pin!(released(&mut None))));
+
+        let (hold, held) = watch::channel(true);
+        let mut held = Some(held);
+        let mut waiting = pin!(released(&mut held));
+        assert!(!ready(waiting.as_mut()), "ran on while held");
+        hold.send_replace(false);
+        assert!(ready(waiting.as_mut()), "still waiting once released");
+
+        // A dropped sender can never release it again: the pass goes on.
+        let (hold, held) = watch::channel(true);
+        let mut held = Some(held);
+        let mut waiting = pin!(released(&mut held));
+        assert!(!ready(waiting.as_mut()));
+        drop(hold);
+        assert!(
+            ready(waiting.as_mut()),
+            "still waiting with nobody to release it"
+        );
+    }
 }
