@@ -12,12 +12,14 @@ use tokio::sync::watch;
 
 /// How often a pass starts (the first one a minute after start-up).
 pub const EVERY: Duration = Duration::from_secs(3600);
-/// Rows per statement: a few milliseconds of locks, CPU and WAL each. `loadgen history`
-/// measured the live p99 during a pass at 8.1 ms with 1,000 rows, 5.7 ms with 250, and
-/// 4.2–4.4 ms with 250 or 100 and the longer rest below (BENCHMARKS.md).
-pub const BATCH: i64 = 250;
-/// The least rest between two batches.
-const REST: Duration = Duration::from_millis(20);
+/// Rows per statement. A live request that meets a batch waits for it, so the batch's
+/// length is what a pass adds to the live p99: `loadgen history`, in alternation with an
+/// empty database, measured 1.86x (median of 8 pairs of windows) with 250 rows and 1.32x
+/// (of 145) with 100 (BENCHMARKS.md, runs 12 and 13).
+pub const BATCH: i64 = 100;
+/// The least rest between two batches (with 100 rows a batch, a pass removes about
+/// 8,000 rows a second).
+const REST: Duration = Duration::from_millis(10);
 /// A batch that took `t` rests at least `t` times this before the next one, so a pass
 /// keeps PostgreSQL busy at most a quarter of the time, however slow its batches get.
 const REST_PER_BUSY: u32 = 3;
