@@ -122,7 +122,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         retention.rest_per_busy
     );
     // A second server on an empty database of the same cluster, for the same load in
-    // alternation with the pass (see `alternate`).
+    // alternation with the pass (see this module's documentation).
     let beside = Stack::start_with(Options {
         stripe_base: Some(sandbox.base_url()),
         webhook_secret: sandbox.webhook_secret().to_owned(),

@@ -17,8 +17,8 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 /// empty database, measured 1.86x (median of 8 pairs of windows) with 250 rows and 1.32x
 /// (of 145) with 100 (BENCHMARKS.md, runs 12 and 13).
 pub const BATCH: i64 = 100;
-/// The least rest between two batches (with 100 rows a batch, a pass removes about
-/// 8,000 rows a second).
+/// The least rest between two batches (with 100 rows a batch, a pass removed about 7,000
+/// rows a second on the 2-core machine of BENCHMARKS.md).
 const REST: Duration = Duration::from_millis(10);
 /// A batch that took `t` rests at least `t` times this before the next one, so a pass
 /// keeps PostgreSQL busy at most a quarter of the time, however slow its batches get.

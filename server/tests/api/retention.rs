@@ -296,11 +296,12 @@ async fn each_task_batch_starts_where_the_last_ended_not_over_the_rows_it_delete
 #[tokio::test]
 async fn an_events_batch_asks_for_a_newer_event_from_the_events_own_time_not_over_all_its_objects()
 {
-    // Whether an event is its object's latest was asked of every event of the object:
-    // each probe read all of them (and the ones this pass had deleted, still in the
-    // index), each a heap fetch on a page of its own, so an object's k events cost k² and
-    // the pass's random reads grew with the history. From the event's own `created` on,
-    // a probe reads the event and the next one.
+    // "Is there a newer event of this object" was an OR that only a BitmapOr of two
+    // index ranges could bound. Under any other plan (this test forbids bitmaps) each
+    // probe read every event of the object, and the ones this pass had deleted (still in
+    // the index), each a heap fetch: k² for an object's k events. With the event's own
+    // `created` as a bound of the one range, a probe reads the event and the next one,
+    // whatever the plan.
     let app = spawn_app().await;
     let mut conn = app.conn();
     let events = 300;

@@ -96,9 +96,9 @@ pub struct EventsWalk {
 ///
 /// Whether a newer event of the same object exists is asked of `webhook_events_object_idx`
 /// from the event's own `created` on (`n.created >= b.created` is what makes it a bound
-/// of the index scan), so the probe reads the event and the next one: not all of the
-/// object's events, each a heap fetch on a page of its own, and not the older ones this
-/// pass already deleted, which stay in the index until a vacuum. An event is deleted by
+/// of the index scan, whatever the plan), so the probe reads the event and the next one:
+/// not all of the object's events, nor the older ones this pass already deleted, which
+/// stay in the index until a vacuum. An event is deleted by
 /// its place in the heap (events are never updated, so it is where the batch found it),
 /// not looked up again through the primary key.
 pub fn prune_events(
