@@ -51,8 +51,8 @@ pub struct CreateBody {
     /// Only `stripe` has jobs.
     #[schema(value_type = String, required = true, pattern = "^stripe$")]
     provider: Option<String>,
-    /// Repair what a reconcile finds (reconcile only; default false).
-    #[schema(value_type = bool)]
+    /// Repair what a reconcile finds (reconcile only; default false, as is `null`).
+    #[schema(value_type = Option<bool>)]
     repair: Option<bool>,
 }
 

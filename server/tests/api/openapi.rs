@@ -4,7 +4,7 @@
 //! `openapi::tests` checks that it has every registered path.
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::helpers::{error_of, spawn_app};
 
@@ -164,4 +164,27 @@ async fn a_keyed_request_with_a_method_the_path_does_not_serve_gets_405_not_a_ke
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "GET, POST");
     assert_eq!(app.count("api_idempotency"), 1, "only the create's key");
+}
+
+#[tokio::test]
+async fn a_job_s_repair_may_be_null_in_the_document_as_on_the_server() {
+    // The server reads `"repair": null` as not given (false); a document that said
+    // boolean only made schemathesis send null as an invalid value and fail on the 202.
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    let repair = &doc["components"]["schemas"]["NewJob"]["properties"]["repair"];
+    let types = repair["type"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{repair}"));
+    assert!(
+        types.contains(&json!("boolean")) && types.contains(&json!("null")),
+        "{repair}"
+    );
+    let response = app
+        .post(
+            "/api/v1/jobs",
+            &json!({"kind": "import", "provider": "stripe", "repair": null}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
 }
